@@ -1,0 +1,233 @@
+//! The `gradline` command line: wires the engine to the stage kinds.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gradline_engine::{Loaded, Override, Registry, load, schema};
+
+/// A declarative pipeline engine for decentralized training networks.
+#[derive(Parser)]
+#[command(name = "gradline", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check pipeline files; print every error at file:line:col.
+    Validate {
+        /// Pipeline files, or folders of them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Override a parameter, with type checking (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<Override>,
+        /// `text` for people, `json` for editors and CI (one object per finding).
+        #[arg(long, value_enum, default_value_t = DiagFormat::Text)]
+        format: DiagFormat,
+    },
+    /// Dry run: resolved params, stage order and levels, every outside effect. Touches nothing.
+    Plan {
+        /// A pipeline file, or a folder (every pipeline in it: a whole network).
+        file: PathBuf,
+        /// Override a parameter, with type checking (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<Override>,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+    },
+    /// The stage graph, as Graphviz DOT or Mermaid.
+    Graph {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<Override>,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// Print the JSON Schema of pipeline files (or of `plan --format json` with --plan).
+    Schema {
+        /// The schema of the JSON plan instead.
+        #[arg(long)]
+        plan: bool,
+        /// Write `pipeline.schema.json` and `plan.schema.json` into this folder.
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DiagFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// Why a command stopped: bad input (exit 1) or bad usage (exit 2).
+enum Failure {
+    Invalid,
+    Usage(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let registry = gradline_stages::registry();
+    match run(cli.command, &registry) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid) => ExitCode::from(1),
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
+    match command {
+        Command::Validate { files, set, format } => {
+            let paths = expand(&files)?;
+            let mut failed = false;
+            for path in &paths {
+                let loaded = load_file(path, registry, &set)?;
+                failed |= loaded.has_errors();
+                match format {
+                    DiagFormat::Text => {
+                        if !loaded.diagnostics.is_empty() {
+                            eprintln!("{}", loaded.render());
+                        }
+                        if !loaded.has_errors() {
+                            println!("ok  {}", loaded.file.name);
+                        }
+                    }
+                    DiagFormat::Json => {
+                        for d in &loaded.diagnostics {
+                            println!("{}", d.to_json(&loaded.file));
+                        }
+                    }
+                }
+            }
+            if failed {
+                return Err(Failure::Invalid);
+            }
+            Ok(())
+        }
+        Command::Plan { file, set, format } => {
+            let paths = expand(std::slice::from_ref(&file))?;
+            let mut plans = Vec::new();
+            for path in &paths {
+                let loaded = checked(load_file(path, registry, &set)?)?;
+                let (Some(plan), Some(pipeline)) = (loaded.plan(), loaded.pipeline.as_ref()) else {
+                    return Err(Failure::Invalid);
+                };
+                let text = match format {
+                    PlanFormat::Text => plan.to_text(),
+                    PlanFormat::Dot => plan.to_dot(pipeline),
+                    PlanFormat::Mermaid => plan.to_mermaid(pipeline),
+                    PlanFormat::Json => String::new(),
+                };
+                plans.push((plan, text));
+            }
+            match format {
+                PlanFormat::Json if file.is_dir() => {
+                    let all: Vec<_> = plans.iter().map(|(p, _)| p).collect();
+                    println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+                }
+                PlanFormat::Json => {
+                    for (plan, _) in &plans {
+                        println!("{}", serde_json::to_string_pretty(plan).unwrap_or_default());
+                    }
+                }
+                _ => {
+                    let texts: Vec<&str> = plans.iter().map(|(_, t)| t.as_str()).collect();
+                    print!("{}", texts.join("\n"));
+                }
+            }
+            Ok(())
+        }
+        Command::Graph { file, set, format } => {
+            let loaded = checked(load_file(&file, registry, &set)?)?;
+            let (Some(plan), Some(pipeline)) = (loaded.plan(), loaded.pipeline.as_ref()) else {
+                return Err(Failure::Invalid);
+            };
+            match format {
+                GraphFormat::Dot => print!("{}", plan.to_dot(pipeline)),
+                GraphFormat::Mermaid => print!("{}", plan.to_mermaid(pipeline)),
+            }
+            Ok(())
+        }
+        Command::Schema { plan, write } => {
+            let pipeline_schema = schema::pipeline_schema(registry);
+            let plan_schema = schema::plan_schema();
+            match write {
+                Some(dir) => {
+                    for (name, text) in [("pipeline.schema.json", &pipeline_schema), ("plan.schema.json", &plan_schema)] {
+                        let path = dir.join(name);
+                        std::fs::write(&path, text)
+                            .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+                        println!("wrote {}", path.display());
+                    }
+                }
+                None if plan => print!("{plan_schema}"),
+                None => print!("{pipeline_schema}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Prints the findings of a loaded file; fails when there are errors.
+fn checked(loaded: Loaded) -> Result<Loaded, Failure> {
+    if loaded.has_errors() {
+        eprintln!("{}", loaded.render());
+        return Err(Failure::Invalid);
+    }
+    Ok(loaded)
+}
+
+fn load_file(path: &Path, registry: &Registry, set: &[Override]) -> Result<Loaded, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let name = path.display().to_string();
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(load(&name, &text, registry, set)),
+        Err(e) => {
+            eprintln!("error[encoding]: {name} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to());
+            Err(Failure::Invalid)
+        }
+    }
+}
+
+/// Files as given; folders expand to their `.yaml`/`.yml` files, sorted.
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(Failure::Usage(format!("{} holds no .yaml pipeline", path.display())));
+            }
+            out.extend(files);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
