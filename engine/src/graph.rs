@@ -129,6 +129,9 @@ pub fn compile(
         used_params: BTreeSet::new(),
         diags: &mut diags,
     };
+    if let Some(resources) = &spec.resources_node {
+        checker.check_resources(resources);
+    }
     let fan_outs: Vec<Option<ForEach>> = (0..drafts.len()).map(|i| checker.for_each(i)).collect();
     let mut checked = Vec::new();
     for i in 0..drafts.len() {
@@ -461,6 +464,46 @@ impl Checker<'_> {
                 }
             }
             out.templates.push((key.to_owned(), template));
+        }
+    }
+
+    /// Resources are resolved before any stage runs: only `params` and `env` are readable.
+    fn check_resources(&mut self, node: &Node) {
+        let mut strings = Vec::new();
+        node.walk(&mut |n| {
+            if let NodeKind::Str(text) = &n.kind
+                && is_template(text)
+            {
+                strings.push((n, text.clone()));
+            }
+        });
+        for (n, text) in strings {
+            let Some(template) = self.template(n, &text) else { continue };
+            for expr in template.exprs() {
+                for path in expr.paths() {
+                    match path[0].name.as_str() {
+                        "params" | "env" => {}
+                        other => {
+                            self.diags.push(
+                                Diagnostic::error("bad-reference", format!("`{other}` cannot be read in `resources:`"))
+                                    .at(path[0].span)
+                                    .hint("resources are set up before any stage runs: read `params.NAME` or `env.NAME`"),
+                            );
+                            continue;
+                        }
+                    }
+                    let here = Here { index: usize::MAX, for_each: None, fan_outs: &[] };
+                    let mut deps = Vec::new();
+                    if let Some(ty) = self.resolve_path(path, &here, &mut deps)
+                        && !self.registry.is_interpolable(&ty)
+                    {
+                        self.diags.push(
+                            Diagnostic::error("wrong-type", format!("`{}` is {ty} and cannot be written into text", join(path)))
+                                .at(expr.span),
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -33,6 +33,9 @@ pub struct PipelineSpec {
     /// The outside systems the stages use.
     #[serde(default)]
     pub resources: Resources,
+    /// The `resources:` section as written, to check its expressions.
+    #[schemars(skip)]
+    pub resources_node: Option<Node>,
     /// When a cycle starts: `once`, `{ every: window }` or `{ interval: 30s }`.
     #[schemars(default = "Trigger::default")]
     pub trigger: Spanned<Trigger>,
@@ -442,6 +445,7 @@ impl PipelineSpec {
         let mut description = None;
         let mut params = Vec::new();
         let mut resources = Resources::default();
+        let mut resources_node = None;
         let mut trigger = Spanned::new(Trigger::Once, root.span);
         let mut deadline = None;
         let mut stages = None;
@@ -465,7 +469,10 @@ impl PipelineSpec {
                 "role" => role = parse_into(value, diags),
                 "description" => description = parse_into(value, diags),
                 "params" => params = entries_of(value, "params", diags),
-                "resources" => resources = parse_into(value, diags).unwrap_or_default(),
+                "resources" => {
+                    resources = parse_into(value, diags).unwrap_or_default();
+                    resources_node = Some(value.clone());
+                }
                 "trigger" => trigger = parse_into(value, diags).unwrap_or(trigger),
                 "deadline" => deadline = parse_into(value, diags),
                 "stages" => stages = Some(entries_of(value, "stages", diags)),
@@ -512,6 +519,7 @@ impl PipelineSpec {
             description,
             params,
             resources,
+            resources_node,
             trigger,
             deadline,
             stages: stages?,

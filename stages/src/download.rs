@@ -62,6 +62,9 @@ pub enum ArtifactKind {
     Model,
     Job,
     Receipt,
+    Verdicts,
+    #[serde(rename = "fragment-state")]
+    FragmentState,
 }
 
 impl ArtifactKind {
@@ -73,6 +76,8 @@ impl ArtifactKind {
             ArtifactKind::Model => "model",
             ArtifactKind::Job => "job",
             ArtifactKind::Receipt => "receipt",
+            ArtifactKind::Verdicts => "verdicts",
+            ArtifactKind::FragmentState => "fragment-state",
         };
         (name, Type::Named(name))
     }

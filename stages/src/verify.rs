@@ -10,7 +10,7 @@ use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::artifacts::{CHECKPOINT, COMPRESSED, MINER, MODEL, RECEIPT, SCORES, VERDICTS};
+use crate::artifacts::{CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS};
 
 /// Verify and score miners' work.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -24,6 +24,9 @@ pub struct Verify {
     /// The miners' encoded gradients (integrity, loss-delta).
     #[serde(default)]
     pub gradients: Option<Input>,
+    /// The miners' fragment states (integrity, fragment training).
+    #[serde(default)]
+    pub states: Option<Input>,
     /// The current checkpoint the gradients apply to (integrity, loss-delta).
     #[serde(default)]
     pub checkpoint: Option<Input>,
@@ -94,6 +97,7 @@ fn default_copy() -> Value<f64> {
 impl Verify {
     fn required_inputs(&self) -> &'static [&'static str] {
         match self.mode {
+            Mode::Integrity if self.states.is_some() => &["states", "miners"],
             Mode::Integrity => &["gradients", "miners"],
             Mode::LossDelta => &["gradients", "miners", "checkpoint"],
             Mode::ModelPrecheck => &["models", "miners"],
@@ -106,6 +110,7 @@ impl Verify {
             "miners" => self.miners.is_some(),
             "gradients" => self.gradients.is_some(),
             "checkpoint" => self.checkpoint.is_some(),
+            "states" => self.states.is_some(),
             "receipts" => self.receipts.is_some(),
             "models" => self.models.is_some(),
             "teacher" => self.teacher.is_some(),
@@ -122,6 +127,7 @@ impl StageKind for Verify {
         vec![
             Port::new("miners", Type::list(MINER), "The miners judged."),
             Port::new("gradients", Type::list(COMPRESSED), "Their encoded gradients."),
+            Port::new("states", Type::list(FRAGMENT_STATE), "Their fragment states."),
             Port::new("checkpoint", CHECKPOINT, "The current checkpoint."),
             Port::new("receipts", Type::list(RECEIPT), "Their signed receipts."),
             Port::new("models", Type::list(MODEL), "Their committed models."),
@@ -131,6 +137,7 @@ impl StageKind for Verify {
 
     fn outputs(&self) -> Vec<Port> {
         let accepted = match self.mode {
+            Mode::Integrity if self.states.is_some() => Type::list(FRAGMENT_STATE),
             Mode::Integrity | Mode::LossDelta => Type::list(COMPRESSED),
             Mode::ModelPrecheck | Mode::Kl => Type::list(MODEL),
         };
