@@ -130,7 +130,7 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
             let mut plans = Vec::new();
             for path in &paths {
                 let loaded = checked(load_file(path, registry, &set)?)?;
-                let (Some(plan), Some(pipeline)) = (loaded.plan(), loaded.pipeline.as_ref()) else {
+                let (Some(plan), Some(pipeline)) = (loaded.plan(&gradline_engine::plan::process_env), loaded.pipeline.as_ref()) else {
                     return Err(Failure::Invalid);
                 };
                 let text = match format {
@@ -160,7 +160,7 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
         }
         Command::Graph { file, set, format } => {
             let loaded = checked(load_file(&file, registry, &set)?)?;
-            let (Some(plan), Some(pipeline)) = (loaded.plan(), loaded.pipeline.as_ref()) else {
+            let (Some(plan), Some(pipeline)) = (loaded.plan(&gradline_engine::plan::process_env), loaded.pipeline.as_ref()) else {
                 return Err(Failure::Invalid);
             };
             match format {

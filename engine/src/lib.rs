@@ -47,8 +47,8 @@ impl Loaded {
         self.diagnostics.iter().map(|d| d.render(&self.file)).collect::<Vec<_>>().join("\n")
     }
 
-    /// The plan, when the pipeline loaded.
-    pub fn plan(&self) -> Option<Plan> {
+    /// The plan, when the pipeline loaded; `env` says which environment variables are set.
+    pub fn plan(&self, env: plan::EnvProbe) -> Option<Plan> {
         let warnings = self
             .diagnostics
             .iter()
@@ -61,7 +61,7 @@ impl Loaded {
                 }
             })
             .collect();
-        self.pipeline.as_ref().map(|p| Plan::build(p, warnings))
+        self.pipeline.as_ref().map(|p| Plan::build(p, warnings, env))
     }
 }
 

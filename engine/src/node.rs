@@ -163,9 +163,13 @@ fn indentation_tab(file: &SourceFile, from: usize) -> Option<usize> {
 
 fn strip_location_prefix(text: &str) -> &str {
     let first = text.lines().next().unwrap_or(text);
-    match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+    let message = match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
         Some((_, message)) => message,
         None => first,
+    };
+    match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
     }
 }
 
@@ -303,7 +307,13 @@ impl de::Error for DeError {
     }
 
     fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        DeError::new("wrong-type", format!("expected {exp}, found {}", describe_unexpected(&unexp)))
+        let expected = match exp.to_string().as_str() {
+            "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".to_owned(),
+            "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_owned(),
+            "f32" | "f64" => "a number".to_owned(),
+            other => other.to_owned(),
+        };
+        DeError::new("wrong-type", format!("expected {expected}, found {}", describe_unexpected(&unexp)))
     }
 
     fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {

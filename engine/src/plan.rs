@@ -74,15 +74,29 @@ impl Effect {
     }
 }
 
+/// Answers whether an environment variable is set. Plans never read values.
+pub type EnvProbe<'a> = &'a dyn Fn(&str) -> bool;
+
+/// The process environment, as a probe.
+pub fn process_env(name: &str) -> bool {
+    std::env::var_os(name).is_some()
+}
+
 /// What a kind sees while describing its effects.
 pub struct PlanContext<'a> {
     pub resources: &'a Resources,
     scope: PlanScope<'a>,
+    env: EnvProbe<'a>,
 }
 
 impl<'a> PlanContext<'a> {
-    pub fn new(pipeline: &'a Pipeline) -> Self {
-        Self { resources: &pipeline.spec.resources, scope: PlanScope { pipeline } }
+    pub fn new(pipeline: &'a Pipeline, env: EnvProbe<'a>) -> Self {
+        Self { resources: &pipeline.spec.resources, scope: PlanScope { pipeline }, env }
+    }
+
+    /// Whether an environment variable is set (its value is never read).
+    pub fn env_is_set(&self, name: &str) -> bool {
+        (self.env)(name)
     }
 
     /// A setting's value as far as it is known before running.
@@ -169,6 +183,15 @@ fn json_to_val(json: &serde_json::Value) -> Val {
         serde_json::Value::String(s) => Val::Str(s.clone()),
         serde_json::Value::Array(items) => Val::List(items.iter().map(json_to_val).collect()),
         serde_json::Value::Object(_) => Val::Str(json.to_string()),
+    }
+}
+
+/// A value with any URL in it stripped of credentials.
+fn redact_val(value: &Val) -> Val {
+    match value {
+        Val::Str(s) if s.contains("://") => Val::Str(redact_url(s)),
+        Val::List(items) => Val::List(items.iter().map(redact_val).collect()),
+        other => other.clone(),
     }
 }
 
@@ -299,8 +322,8 @@ pub struct PlannedPort {
 }
 
 impl Plan {
-    pub fn build(pipeline: &Pipeline, warnings: Vec<String>) -> Plan {
-        let cx = PlanContext::new(pipeline);
+    pub fn build(pipeline: &Pipeline, warnings: Vec<String>, env: EnvProbe) -> Plan {
+        let cx = PlanContext::new(pipeline, env);
         let spec = &pipeline.spec;
         let params = pipeline
             .params
@@ -308,7 +331,7 @@ impl Plan {
             .map(|p| PlannedParam {
                 name: p.name.clone(),
                 ty: p.ty.to_string(),
-                value: p.value.as_ref().map_or(serde_json::Value::Null, Val::to_json),
+                value: p.value.as_ref().map_or(serde_json::Value::Null, |v| redact_val(v).to_json()),
                 source: match p.source {
                     ParamSource::Default => "default",
                     ParamSource::Set => "set",
@@ -350,7 +373,7 @@ impl Plan {
             resources,
             trigger: spec.trigger.value.to_string(),
             deadline: spec.deadline.as_ref().map(|d| d.value.to_string()),
-            env: env_reads(pipeline),
+            env: env_reads(pipeline, &cx),
             levels,
             stages,
             warnings,
@@ -402,7 +425,7 @@ fn plan_stage(pipeline: &Pipeline, stage: &Stage, cx: &PlanContext) -> PlannedSt
 }
 
 /// Environment variables the file reads through `${{ env.NAME }}` or as token sources.
-fn env_reads(pipeline: &Pipeline) -> Vec<PlannedEnv> {
+fn env_reads(pipeline: &Pipeline, cx: &PlanContext) -> Vec<PlannedEnv> {
     let mut names = std::collections::BTreeSet::new();
     let text = &pipeline.file.text;
     let mut rest = text.as_str();
@@ -423,7 +446,7 @@ fn env_reads(pipeline: &Pipeline) -> Vec<PlannedEnv> {
     {
         names.insert(name.clone());
     }
-    names.into_iter().map(|name| PlannedEnv { set: std::env::var_os(&name).is_some(), name }).collect()
+    names.into_iter().map(|name| PlannedEnv { set: cx.env_is_set(&name), name }).collect()
 }
 
 impl Plan {

@@ -175,7 +175,7 @@ impl StageKind for Publish {
                 let token = match cx.resources.hub.as_ref() {
                     Some(_) if embedded => "embedded hub: no token needed".to_owned(),
                     Some(h) => {
-                        let set = h.token_env.iter().find(|name| std::env::var_os(name).is_some());
+                        let set = h.token_env.iter().find(|name| cx.env_is_set(name));
                         match set {
                             Some(name) => format!("token from {name}"),
                             None => format!("no token set: tried {}", h.token_env.join(", ")),
