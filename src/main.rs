@@ -130,7 +130,10 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
             let mut plans = Vec::new();
             for path in &paths {
                 let loaded = checked(load_file(path, registry, &set)?)?;
-                let (Some(plan), Some(pipeline)) = (loaded.plan(&gradline_engine::plan::process_env), loaded.pipeline.as_ref()) else {
+                let (Some(plan), Some(pipeline)) = (
+                    loaded.plan(&gradline_engine::plan::process_env),
+                    loaded.pipeline.as_ref(),
+                ) else {
                     return Err(Failure::Invalid);
                 };
                 let text = match format {
@@ -160,7 +163,10 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
         }
         Command::Graph { file, set, format } => {
             let loaded = checked(load_file(&file, registry, &set)?)?;
-            let (Some(plan), Some(pipeline)) = (loaded.plan(&gradline_engine::plan::process_env), loaded.pipeline.as_ref()) else {
+            let (Some(plan), Some(pipeline)) = (
+                loaded.plan(&gradline_engine::plan::process_env),
+                loaded.pipeline.as_ref(),
+            ) else {
                 return Err(Failure::Invalid);
             };
             match format {
@@ -174,10 +180,14 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
             let plan_schema = schema::plan_schema();
             match write {
                 Some(dir) => {
-                    for (name, text) in [("pipeline.schema.json", &pipeline_schema), ("plan.schema.json", &plan_schema)] {
+                    for (name, text) in [
+                        ("pipeline.schema.json", &pipeline_schema),
+                        ("plan.schema.json", &plan_schema),
+                    ] {
                         let path = dir.join(name);
-                        std::fs::write(&path, text)
-                            .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+                        std::fs::write(&path, text).map_err(|e| {
+                            Failure::Usage(format!("cannot write {}: {e}", path.display()))
+                        })?;
                         println!("wrote {}", path.display());
                     }
                 }
@@ -199,12 +209,16 @@ fn checked(loaded: Loaded) -> Result<Loaded, Failure> {
 }
 
 fn load_file(path: &Path, registry: &Registry, set: &[Override]) -> Result<Loaded, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
     let name = path.display().to_string();
     match String::from_utf8(bytes) {
         Ok(text) => Ok(load(&name, &text, registry, set)),
         Err(e) => {
-            eprintln!("error[encoding]: {name} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to());
+            eprintln!(
+                "error[encoding]: {name} is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            );
             Err(Failure::Invalid)
         }
     }
@@ -215,14 +229,18 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
                 .collect();
             files.sort();
             if files.is_empty() {
-                return Err(Failure::Usage(format!("{} holds no .yaml pipeline", path.display())));
+                return Err(Failure::Usage(format!(
+                    "{} holds no .yaml pipeline",
+                    path.display()
+                )));
             }
             out.extend(files);
         } else {

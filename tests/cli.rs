@@ -17,7 +17,12 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn validate_passes_on_every_pipeline() {
-    let out = gradline(&["validate", "pipelines/local", "pipelines/hf-transport", "pipelines/window-loop"]);
+    let out = gradline(&[
+        "validate",
+        "pipelines/local",
+        "pipelines/hf-transport",
+        "pipelines/window-loop",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok  pipelines/local/validator.yaml"));
 }
@@ -27,16 +32,32 @@ fn invalid_input_exits_1_with_located_errors() {
     let out = gradline(&["validate", "fixtures/invalid/08-unknown-kind.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("fixtures/invalid/08-unknown-kind.yaml:9:11"), "{err}");
+    assert!(
+        err.contains("fixtures/invalid/08-unknown-kind.yaml:9:11"),
+        "{err}"
+    );
     assert!(err.contains("did you mean `train`?"), "{err}");
 }
 
 #[test]
 fn usage_errors_exit_2() {
     assert_eq!(gradline(&["validate"]).status.code(), Some(2));
-    assert_eq!(gradline(&["validate", "no/such/file.yaml"]).status.code(), Some(2));
-    assert_eq!(gradline(&["plan", "pipelines/local/miner.yaml", "--format", "pdf"]).status.code(), Some(2));
-    assert_eq!(gradline(&["plan", "pipelines/local/miner.yaml", "--set", "novalue"]).status.code(), Some(2));
+    assert_eq!(
+        gradline(&["validate", "no/such/file.yaml"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        gradline(&["plan", "pipelines/local/miner.yaml", "--format", "pdf"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        gradline(&["plan", "pipelines/local/miner.yaml", "--set", "novalue"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -51,7 +72,12 @@ fn plan_of_a_folder_plans_the_whole_network() {
     let out = gradline(&["plan", "pipelines/local", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let plans: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = plans.as_array().unwrap().iter().map(|p| p["pipeline"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pipeline"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["local-miner", "local-validator"]);
 }
 
@@ -59,8 +85,19 @@ fn plan_of_a_folder_plans_the_whole_network() {
 fn graph_prints_dot_and_mermaid() {
     let dot = text(&gradline(&["graph", "pipelines/local/validator.yaml"]).stdout);
     assert!(dot.starts_with("digraph \"local-validator\""), "{dot}");
-    assert!(dot.contains("\"merge\" -> \"publish\" [label=\"checkpoint\"];"), "{dot}");
-    let mermaid = text(&gradline(&["graph", "pipelines/local/validator.yaml", "--format", "mermaid"]).stdout);
+    assert!(
+        dot.contains("\"merge\" -> \"publish\" [label=\"checkpoint\"];"),
+        "{dot}"
+    );
+    let mermaid = text(
+        &gradline(&[
+            "graph",
+            "pipelines/local/validator.yaml",
+            "--format",
+            "mermaid",
+        ])
+        .stdout,
+    );
     assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
     assert!(mermaid.contains("announce -.-> weights"), "{mermaid}");
 }

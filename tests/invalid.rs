@@ -16,14 +16,19 @@ struct Expected {
 fn manifest() -> BTreeMap<String, Expected> {
     let text = std::fs::read_to_string(root().join("fixtures/invalid/expected.tsv")).unwrap();
     let mut out: BTreeMap<String, Expected> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let cols: Vec<&str> = line.split('\t').collect();
         assert_eq!(cols.len(), 5, "malformed manifest line: {line}");
         let entry = out.entry(cols[0].to_owned()).or_insert_with(|| Expected {
             set: (cols[1] != "-").then(|| cols[1].parse().unwrap()),
             findings: Vec::new(),
         });
-        entry.findings.push((cols[2].to_owned(), cols[3].to_owned(), cols[4].to_owned()));
+        entry
+            .findings
+            .push((cols[2].to_owned(), cols[3].to_owned(), cols[4].to_owned()));
     }
     out
 }
@@ -39,7 +44,10 @@ fn every_invalid_fixture_is_listed() {
     files.sort();
     assert!(files.len() >= 25, "the corpus has {} files", files.len());
     for file in &files {
-        assert!(listed.contains_key(file), "{file} has no expected finding in expected.tsv");
+        assert!(
+            listed.contains_key(file),
+            "{file} has no expected finding in expected.tsv"
+        );
     }
 }
 
@@ -63,15 +71,24 @@ fn each_invalid_fixture_gives_its_located_messages() {
             })
             .collect();
         for (code, at, text) in &expected.findings {
-            let found = actual.iter().position(|(c, a, m)| c == code && a == at && m.contains(text.as_str()));
+            let found = actual
+                .iter()
+                .position(|(c, a, m)| c == code && a == at && m.contains(text.as_str()));
             match found {
                 Some(i) => {
                     actual.remove(i);
                 }
-                None => panic!("{file}: expected [{code}] at {at} containing {text:?}\nactual:\n{}", loaded.render()),
+                None => panic!(
+                    "{file}: expected [{code}] at {at} containing {text:?}\nactual:\n{}",
+                    loaded.render()
+                ),
             }
         }
-        assert!(actual.is_empty(), "{file}: unexpected findings {actual:?}\n{}", loaded.render());
+        assert!(
+            actual.is_empty(),
+            "{file}: unexpected findings {actual:?}\n{}",
+            loaded.render()
+        );
     }
 }
 
@@ -79,7 +96,10 @@ fn each_invalid_fixture_gives_its_located_messages() {
 fn rendered_errors_show_file_line_column_source_and_caret() {
     let loaded = load_rel("fixtures/invalid/04-unknown-setting-key.yaml", &[]);
     let text = loaded.render();
-    assert!(text.contains("--> fixtures/invalid/04-unknown-setting-key.yaml:16:7"), "{text}");
+    assert!(
+        text.contains("--> fixtures/invalid/04-unknown-setting-key.yaml:16:7"),
+        "{text}"
+    );
     assert!(text.contains("16 |       stpes: 4"), "{text}");
     assert!(text.contains("   |       ^^^^^"), "{text}");
     assert!(text.contains("= hint: did you mean `steps`?"), "{text}");
@@ -89,5 +109,8 @@ fn rendered_errors_show_file_line_column_source_and_caret() {
 fn all_errors_of_a_file_are_reported_together() {
     let loaded = load_rel("fixtures/invalid/11-cycle.yaml", &[]);
     let codes: Vec<&str> = loaded.diagnostics.iter().map(|d| d.code).collect();
-    assert!(codes.contains(&"cycle") && codes.iter().filter(|c| **c == "port-type").count() == 2, "{codes:?}");
+    assert!(
+        codes.contains(&"cycle") && codes.iter().filter(|c| **c == "port-type").count() == 2,
+        "{codes:?}"
+    );
 }

@@ -7,7 +7,10 @@ use gradline_engine::load;
 use proptest::prelude::*;
 
 fn seeds() -> Vec<String> {
-    common::pipeline_files().iter().map(|f| std::fs::read_to_string(common::root().join(f)).unwrap()).collect()
+    common::pipeline_files()
+        .iter()
+        .map(|f| std::fs::read_to_string(common::root().join(f)).unwrap())
+        .collect()
 }
 
 proptest! {

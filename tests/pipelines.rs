@@ -31,7 +31,11 @@ fn there_is_a_pipeline_for_every_seed_system() {
 fn every_pipeline_validates_without_findings() {
     for file in pipeline_files() {
         let loaded = load_rel(&file, &[]);
-        assert!(loaded.diagnostics.is_empty(), "{file}:\n{}", loaded.render());
+        assert!(
+            loaded.diagnostics.is_empty(),
+            "{file}:\n{}",
+            loaded.render()
+        );
     }
 }
 
@@ -42,9 +46,15 @@ fn plans_of_every_pipeline_in_every_format() {
         let pipeline = loaded.pipeline.as_ref().expect("loads");
         let plan = loaded.plan(&no_env).expect("plans");
         assert_eq!(plan.format, PLAN_FORMAT);
-        let name = file.trim_start_matches("pipelines/").trim_end_matches(".yaml").replace('/', "__");
+        let name = file
+            .trim_start_matches("pipelines/")
+            .trim_end_matches(".yaml")
+            .replace('/', "__");
         insta::assert_snapshot!(format!("{name}.text"), plan.to_text());
-        insta::assert_snapshot!(format!("{name}.json"), serde_json::to_string_pretty(&plan).unwrap());
+        insta::assert_snapshot!(
+            format!("{name}.json"),
+            serde_json::to_string_pretty(&plan).unwrap()
+        );
         insta::assert_snapshot!(format!("{name}.dot"), plan.to_dot(pipeline));
         insta::assert_snapshot!(format!("{name}.mermaid"), plan.to_mermaid(pipeline));
     }
@@ -61,12 +71,18 @@ fn json_plan_round_trips_through_its_types() {
 
 #[test]
 fn set_overrides_reach_the_plan() {
-    let set = ["uid=7".parse().unwrap(), "store=s3://key:secret@bucket/run".parse().unwrap()];
+    let set = [
+        "uid=7".parse().unwrap(),
+        "store=s3://key:secret@bucket/run".parse().unwrap(),
+    ];
     let loaded = load_rel("pipelines/window-loop/miner.yaml", &set);
     let plan = loaded.plan(&no_env).unwrap();
     let text = plan.to_text();
     assert!(text.contains("gradients/<cycle.window>/7.bin"), "{text}");
-    assert!(text.contains("s3://***@bucket/run"), "credentials must be redacted:\n{text}");
+    assert!(
+        text.contains("s3://***@bucket/run"),
+        "credentials must be redacted:\n{text}"
+    );
     assert!(!text.contains("secret"), "{text}");
 }
 
@@ -89,6 +105,9 @@ fn plans_never_show_secret_values() {
     assert!(text.contains("HF_TOKEN                 set"), "{text}");
     assert!(text.contains("embedded hub: no token needed"), "{text}");
     let hub = ["hub=https://huggingface.co".parse().unwrap()];
-    let real = load_rel("pipelines/hf-transport/validator.yaml", &hub).plan(&with_token).unwrap().to_text();
+    let real = load_rel("pipelines/hf-transport/validator.yaml", &hub)
+        .plan(&with_token)
+        .unwrap()
+        .to_text();
     assert!(real.contains("token from HF_TOKEN"), "{real}");
 }

@@ -41,7 +41,10 @@ impl Diagnostic {
     }
 
     pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Warning, ..Self::error(code, message) }
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(code, message)
+        }
     }
 
     pub fn at(mut self, span: Span) -> Self {
@@ -140,7 +143,10 @@ fn render_snippet(out: &mut String, file: &SourceFile, span: Span, note: Option<
 }
 
 /// The closest candidate to `word`, when one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -150,7 +156,7 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 }
 
 /// "did you mean `x`?" when there is a close candidate, otherwise the list of choices.
-pub fn suggestion<'a>(word: &str, candidates: &[&'a str]) -> Option<String> {
+pub fn suggestion(word: &str, candidates: &[&str]) -> Option<String> {
     if let Some(best) = did_you_mean(word, candidates.iter().copied()) {
         return Some(format!("did you mean `{best}`?"));
     }
@@ -158,7 +164,11 @@ pub fn suggestion<'a>(word: &str, candidates: &[&'a str]) -> Option<String> {
         0 => None,
         _ => Some(format!(
             "expected one of: {}",
-            candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -183,7 +193,10 @@ mod tests {
 
     #[test]
     fn suggests_close_words_only() {
-        assert_eq!(did_you_mean("stpes", ["steps", "lr", "batch"]), Some("steps"));
+        assert_eq!(
+            did_you_mean("stpes", ["steps", "lr", "batch"]),
+            Some("steps")
+        );
         assert_eq!(did_you_mean("zzz", ["steps", "lr"]), None);
     }
 }

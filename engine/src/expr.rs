@@ -84,7 +84,11 @@ pub struct ExprError {
 
 impl ExprError {
     fn new(message: impl Into<String>, span: Span) -> Self {
-        Self { message: message.into(), span, hint: None }
+        Self {
+            message: message.into(),
+            span,
+            hint: None,
+        }
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -157,11 +161,18 @@ impl Origin {
             _ => start,
         };
         let exact = source.get(base..base + content.len()) == Some(content);
-        Self { base: if exact { base } else { start }, exact }
+        Self {
+            base: if exact { base } else { start },
+            exact,
+        }
     }
 
     fn span(&self, start: usize, end: usize) -> Span {
-        if self.exact { Span::new(self.base + start, self.base + end) } else { Span::new(self.base, self.base + 1) }
+        if self.exact {
+            Span::new(self.base + start, self.base + end)
+        } else {
+            Span::new(self.base, self.base + 1)
+        }
     }
 }
 
@@ -176,10 +187,18 @@ pub fn parse_template(text: &str, origin: Origin) -> Result<Template, ExprError>
         }
         let inner_start = open + OPEN.len();
         let Some(close) = text[inner_start..].find(CLOSE).map(|c| inner_start + c) else {
-            return Err(ExprError::new("`${{` is never closed", origin.span(open, open + OPEN.len()))
-                .hint("close the expression with `}}`"));
+            return Err(ExprError::new(
+                "`${{` is never closed",
+                origin.span(open, open + OPEN.len()),
+            )
+            .hint("close the expression with `}}`"));
         };
-        let expr = parse_expr_at(&text[inner_start..close], origin, inner_start, Span::new(open, close + CLOSE.len()))?;
+        let expr = parse_expr_at(
+            &text[inner_start..close],
+            origin,
+            inner_start,
+            Span::new(open, close + CLOSE.len()),
+        )?;
         parts.push(Part::Expr(expr));
         rest = close + CLOSE.len();
     }
@@ -197,23 +216,41 @@ pub fn parse_condition(text: &str, origin: Origin) -> Result<Expr, ExprError> {
     let template = parse_template(text, origin)?;
     match template.as_single_expr() {
         Some(expr) => Ok(expr.clone()),
-        None => Err(ExprError::new("a condition must be one expression", origin.span(0, text.len()))
-            .hint("write `when: ${{ a == b }}` or `when: a == b`, without text around it")),
+        None => Err(ExprError::new(
+            "a condition must be one expression",
+            origin.span(0, text.len()),
+        )
+        .hint("write `when: ${{ a == b }}` or `when: a == b`, without text around it")),
     }
 }
 
-fn parse_expr_at(text: &str, origin: Origin, offset: usize, whole: Span) -> Result<Expr, ExprError> {
+fn parse_expr_at(
+    text: &str,
+    origin: Origin,
+    offset: usize,
+    whole: Span,
+) -> Result<Expr, ExprError> {
     let tokens = lex(text, offset, origin)?;
     if tokens.is_empty() {
-        return Err(ExprError::new("empty expression", origin.span(whole.start, whole.end))
-            .hint("put a reference or a value inside, e.g. `${{ params.uid }}`"));
+        return Err(
+            ExprError::new("empty expression", origin.span(whole.start, whole.end))
+                .hint("put a reference or a value inside, e.g. `${{ params.uid }}`"),
+        );
     }
-    let mut parser = Parser { tokens, pos: 0, origin, end: offset + text.len() };
+    let mut parser = Parser {
+        tokens,
+        pos: 0,
+        origin,
+        end: offset + text.len(),
+    };
     let expr = parser.expr(0)?;
     match parser.peek() {
         None => Ok(expr),
-        Some(tok) => Err(ExprError::new(format!("unexpected {} after the expression", tok.kind), tok.span)
-            .hint("join conditions with `&&` or `||`")),
+        Some(tok) => Err(ExprError::new(
+            format!("unexpected {} after the expression", tok.kind),
+            tok.span,
+        )
+        .hint("join conditions with `&&` or `||`")),
     }
 }
 
@@ -320,15 +357,20 @@ fn lex(text: &str, offset: usize, origin: Origin) -> Result<Vec<Token>, ExprErro
             }
             b'&' | b'|' => {
                 let op = if c == b'&' { "&&" } else { "||" };
-                return Err(ExprError::new(format!("unknown operator `{}`", c as char), span(i, i + 1))
-                    .hint(format!("did you mean `{op}`?")));
+                return Err(ExprError::new(
+                    format!("unknown operator `{}`", c as char),
+                    span(i, i + 1),
+                )
+                .hint(format!("did you mean `{op}`?")));
             }
             b'\'' | b'"' => {
                 let quote = c;
                 i += 1;
                 let Some(len) = bytes[i..].iter().position(|&b| b == quote) else {
-                    return Err(ExprError::new("unterminated string", span(start, text.len()))
-                        .hint(format!("close it with {}", quote as char)));
+                    return Err(
+                        ExprError::new("unterminated string", span(start, text.len()))
+                            .hint(format!("close it with {}", quote as char)),
+                    );
                 };
                 let s = text[i..i + len].to_owned();
                 i += len + 1;
@@ -336,7 +378,12 @@ fn lex(text: &str, offset: usize, origin: Origin) -> Result<Vec<Token>, ExprErro
             }
             b'0'..=b'9' | b'-' => {
                 i += 1;
-                while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.' || bytes[i] == b'_' || bytes[i] == b'e') {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_digit()
+                        || bytes[i] == b'.'
+                        || bytes[i] == b'_'
+                        || bytes[i] == b'e')
+                {
                     i += 1;
                 }
                 let raw = text[start..i].replace('_', "");
@@ -345,21 +392,32 @@ fn lex(text: &str, offset: usize, origin: Origin) -> Result<Vec<Token>, ExprErro
                 } else if let Ok(float) = raw.parse::<f64>() {
                     TokKind::Float(float)
                 } else {
-                    return Err(ExprError::new(format!("`{}` is not a number", &text[start..i]), span(start, i)));
+                    return Err(ExprError::new(
+                        format!("`{}` is not a number", &text[start..i]),
+                        span(start, i),
+                    ));
                 }
             }
             _ if c.is_ascii_alphabetic() || c == b'_' => {
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-') {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-')
+                {
                     i += 1;
                 }
                 TokKind::Ident(text[start..i].to_owned())
             }
             _ => {
                 let ch = text[i..].chars().next().unwrap_or('?');
-                return Err(ExprError::new(format!("unexpected character `{ch}`"), span(i, i + ch.len_utf8())));
+                return Err(ExprError::new(
+                    format!("unexpected character `{ch}`"),
+                    span(i, i + ch.len_utf8()),
+                ));
             }
         };
-        tokens.push(Token { kind, span: span(start, i) });
+        tokens.push(Token {
+            kind,
+            span: span(start, i),
+        });
     }
     Ok(tokens)
 }
@@ -388,7 +446,11 @@ impl Parser {
 
     fn expr(&mut self, min_prec: u8) -> Result<Expr, ExprError> {
         let mut left = self.unary()?;
-        while let Some(Token { kind: TokKind::Op(op), .. }) = self.peek() {
+        while let Some(Token {
+            kind: TokKind::Op(op),
+            ..
+        }) = self.peek()
+        {
             let op = *op;
             if op.precedence() <= min_prec {
                 break;
@@ -396,35 +458,55 @@ impl Parser {
             self.pos += 1;
             let right = self.expr(op.precedence())?;
             if op.precedence() == 3
-                && let Some(Token { kind: TokKind::Op(next), span }) = self.peek()
+                && let Some(Token {
+                    kind: TokKind::Op(next),
+                    span,
+                }) = self.peek()
                 && next.precedence() == 3
             {
                 return Err(ExprError::new("comparisons cannot be chained", *span)
                     .hint("join them with `&&`, e.g. `a < b && b < c`"));
             }
             let span = Span::new(left.span.start, right.span.end);
-            left = Expr { kind: ExprKind::Binary(op, Box::new(left), Box::new(right)), span };
+            left = Expr {
+                kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
+                span,
+            };
         }
         Ok(left)
     }
 
     fn unary(&mut self) -> Result<Expr, ExprError> {
-        if let Some(Token { kind: TokKind::Not, span }) = self.peek() {
+        if let Some(Token {
+            kind: TokKind::Not,
+            span,
+        }) = self.peek()
+        {
             let start = span.start;
             self.pos += 1;
             let inner = self.unary()?;
             let span = Span::new(start, inner.span.end);
-            return Ok(Expr { kind: ExprKind::Not(Box::new(inner)), span });
+            return Ok(Expr {
+                kind: ExprKind::Not(Box::new(inner)),
+                span,
+            });
         }
         self.primary()
     }
 
     fn primary(&mut self) -> Result<Expr, ExprError> {
         let Some(tok) = self.next() else {
-            return Err(ExprError::new("the expression ends too early", self.end_span())
-                .hint("a value or a reference is missing here"));
+            return Err(
+                ExprError::new("the expression ends too early", self.end_span())
+                    .hint("a value or a reference is missing here"),
+            );
         };
-        let literal = |l| Ok(Expr { kind: ExprKind::Literal(l), span: tok.span });
+        let literal = |l| {
+            Ok(Expr {
+                kind: ExprKind::Literal(l),
+                span: tok.span,
+            })
+        };
         match tok.kind {
             TokKind::Int(i) => literal(Literal::Int(i)),
             TokKind::Float(f) => literal(Literal::Float(f)),
@@ -433,30 +515,58 @@ impl Parser {
             TokKind::Ident(ref id) if id == "false" => literal(Literal::Bool(false)),
             TokKind::Ident(ref id) if id == "null" => literal(Literal::Null),
             TokKind::Ident(name) => {
-                let mut segments = vec![Segment { name, span: tok.span }];
-                while let Some(Token { kind: TokKind::Dot, span: dot }) = self.peek() {
+                let mut segments = vec![Segment {
+                    name,
+                    span: tok.span,
+                }];
+                while let Some(Token {
+                    kind: TokKind::Dot,
+                    span: dot,
+                }) = self.peek()
+                {
                     let dot = *dot;
                     self.pos += 1;
                     match self.next() {
-                        Some(Token { kind: TokKind::Ident(name), span }) => segments.push(Segment { name, span }),
+                        Some(Token {
+                            kind: TokKind::Ident(name),
+                            span,
+                        }) => segments.push(Segment { name, span }),
                         Some(other) => {
-                            return Err(ExprError::new(format!("expected a name after `.`, found {}", other.kind), other.span));
+                            return Err(ExprError::new(
+                                format!("expected a name after `.`, found {}", other.kind),
+                                other.span,
+                            ));
                         }
                         None => return Err(ExprError::new("expected a name after `.`", dot)),
                     }
                 }
-                let span = Span::new(segments[0].span.start, segments[segments.len() - 1].span.end);
-                Ok(Expr { kind: ExprKind::Path(segments), span })
+                let span = Span::new(
+                    segments[0].span.start,
+                    segments[segments.len() - 1].span.end,
+                );
+                Ok(Expr {
+                    kind: ExprKind::Path(segments),
+                    span,
+                })
             }
             TokKind::LParen => {
                 let inner = self.expr(0)?;
                 match self.next() {
-                    Some(Token { kind: TokKind::RParen, .. }) => Ok(inner),
-                    Some(other) => Err(ExprError::new(format!("expected `)`, found {}", other.kind), other.span)),
+                    Some(Token {
+                        kind: TokKind::RParen,
+                        ..
+                    }) => Ok(inner),
+                    Some(other) => Err(ExprError::new(
+                        format!("expected `)`, found {}", other.kind),
+                        other.span,
+                    )),
                     None => Err(ExprError::new("`(` is never closed", tok.span).hint("add a `)`")),
                 }
             }
-            other => Err(ExprError::new(format!("expected a value or a reference, found {other}"), tok.span)),
+            other => Err(ExprError::new(
+                format!("expected a value or a reference, found {other}"),
+                tok.span,
+            )),
         }
     }
 }
@@ -536,7 +646,9 @@ impl Val {
             Val::Null => serde_json::Value::Null,
             Val::Bool(b) => (*b).into(),
             Val::Int(i) => (*i).into(),
-            Val::Float(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
+            Val::Float(x) => {
+                serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
+            }
             Val::Str(s) => s.clone().into(),
             Val::List(items) => items.iter().map(Val::to_json).collect(),
             Val::Unknown(symbol) => format!("<{symbol}>").into(),
@@ -576,7 +688,8 @@ impl Expr {
                         (Val::Bool(false), Val::Bool(false)) => Val::Bool(false),
                         _ => Val::Unknown(self.to_string()),
                     },
-                    _ => compare(*op, &a, &b).map_or_else(|| Val::Unknown(self.to_string()), Val::Bool),
+                    _ => compare(*op, &a, &b)
+                        .map_or_else(|| Val::Unknown(self.to_string()), Val::Bool),
                 }
             }
         }
@@ -650,7 +763,10 @@ mod tests {
         let e = parse_condition("a == 1 || !b && c < 2", Origin::exact(0)).unwrap();
         assert_eq!(e.to_string(), "((a == 1) || (!b && (c < 2)))");
         let t = template("x ${{ stages.train.outputs.loss }}").unwrap();
-        let ExprKind::Path(segs) = &t.as_single_expr().map_or(&t.exprs().next().unwrap().kind, |e| &e.kind) else {
+        let ExprKind::Path(segs) = &t
+            .as_single_expr()
+            .map_or(&t.exprs().next().unwrap().kind, |e| &e.kind)
+        else {
             panic!("expected a path")
         };
         assert_eq!(segs[1].name, "train");
@@ -678,13 +794,29 @@ mod tests {
             fn lookup(&self, path: &[Segment]) -> Val {
                 match path[0].name.as_str() {
                     "n" => Val::Int(3),
-                    _ => Val::Unknown(path.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(".")),
+                    _ => Val::Unknown(
+                        path.iter()
+                            .map(|s| s.name.clone())
+                            .collect::<Vec<_>>()
+                            .join("."),
+                    ),
                 }
             }
         }
-        assert_eq!(parse_condition("n > 2", Origin::exact(0)).unwrap().eval(&S), Val::Bool(true));
-        assert_eq!(parse_condition("n > 5 && x", Origin::exact(0)).unwrap().eval(&S), Val::Bool(false));
-        assert_eq!(template("k/${{ n }}/${{ cycle.window }}").unwrap().eval(&S), Val::Str("k/3/<cycle.window>".into()));
+        assert_eq!(
+            parse_condition("n > 2", Origin::exact(0)).unwrap().eval(&S),
+            Val::Bool(true)
+        );
+        assert_eq!(
+            parse_condition("n > 5 && x", Origin::exact(0))
+                .unwrap()
+                .eval(&S),
+            Val::Bool(false)
+        );
+        assert_eq!(
+            template("k/${{ n }}/${{ cycle.window }}").unwrap().eval(&S),
+            Val::Str("k/3/<cycle.window>".into())
+        );
     }
 
     #[test]

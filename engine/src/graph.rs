@@ -116,9 +116,16 @@ pub fn compile(
 ) -> (Option<Pipeline>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let params = resolve(&spec.params, overrides, &mut diags);
-    let drafts: Vec<Draft> =
-        spec.stages.iter().map(|(id, stage)| read_stage(id, stage, &spec, registry, &mut diags)).collect();
-    let index: BTreeMap<&str, usize> = drafts.iter().enumerate().map(|(i, d)| (d.id.as_str(), i)).collect();
+    let drafts: Vec<Draft> = spec
+        .stages
+        .iter()
+        .map(|(id, stage)| read_stage(id, stage, &spec, registry, &mut diags))
+        .collect();
+    let index: BTreeMap<&str, usize> = drafts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect();
 
     let mut checker = Checker {
         file: &file,
@@ -141,9 +148,12 @@ pub fn compile(
     for p in &params {
         if !used_params.contains(&p.name) {
             diags.push(
-                Diagnostic::warning("unused-param", format!("parameter `{}` is never used", p.name))
-                    .at(p.span)
-                    .hint("remove it, or read it with `${{ params.NAME }}`"),
+                Diagnostic::warning(
+                    "unused-param",
+                    format!("parameter `{}` is never used", p.name),
+                )
+                .at(p.span)
+                .hint("remove it, or read it with `${{ params.NAME }}`"),
             );
         }
     }
@@ -189,7 +199,15 @@ pub fn compile(
             })
         })
         .collect();
-    let pipeline = Pipeline { file, spec, params, stages, order, levels, graph };
+    let pipeline = Pipeline {
+        file,
+        spec,
+        params,
+        stages,
+        order,
+        levels,
+        graph,
+    };
     (Some(pipeline), diags)
 }
 
@@ -200,13 +218,22 @@ fn read_stage(
     registry: &Registry,
     diags: &mut Vec<Diagnostic>,
 ) -> Draft {
-    let mut draft = Draft { id: id.value.clone(), id_span: id.span, spec: stage.clone(), kind: None, settings: None };
+    let mut draft = Draft {
+        id: id.value.clone(),
+        id_span: id.span,
+        spec: stage.clone(),
+        kind: None,
+        settings: None,
+    };
     let Some(kind) = registry.kind(&stage.uses) else {
         let names = registry.kind_names();
         diags.push(
-            Diagnostic::error("unknown-kind", format!("unknown stage kind `{}`", stage.uses.value))
-                .at(stage.uses.span)
-                .hint_opt(suggestion(&stage.uses, &names)),
+            Diagnostic::error(
+                "unknown-kind",
+                format!("unknown stage kind `{}`", stage.uses.value),
+            )
+            .at(stage.uses.span)
+            .hint_opt(suggestion(&stage.uses, &names)),
         );
         return draft;
     };
@@ -215,13 +242,20 @@ fn read_stage(
     let with = stage.with.as_ref().unwrap_or(&empty);
     match kind.parse(with) {
         Ok(settings) => {
-            let cx = CheckContext { resources: &spec.resources, with: stage.with.as_ref(), uses_span: stage.uses.span };
+            let cx = CheckContext {
+                resources: &spec.resources,
+                with: stage.with.as_ref(),
+                uses_span: stage.uses.span,
+            };
             diags.extend(settings.check(&cx));
             draft.settings = Some(settings);
         }
         Err(err) => {
             let mut d = err.into_diagnostic();
-            d.message = format!("{} in `with:` of stage `{}` ({})", d.message, id.value, kind.name);
+            d.message = format!(
+                "{} in `with:` of stage `{}` ({})",
+                d.message, id.value, kind.name
+            );
             if d.span == Some(empty.span) || d.span.is_none() {
                 d.span = Some(stage.with.as_ref().map_or(stage.uses.span, |w| w.span));
             }
@@ -230,16 +264,22 @@ fn read_stage(
     }
     if stage.max_parallel.is_some() && stage.for_each.is_none() {
         diags.push(
-            Diagnostic::warning("unused-setting", "`max_parallel` has no effect without `for_each`")
-                .at(stage.max_parallel.as_ref().map_or(id.span, |m| m.span)),
+            Diagnostic::warning(
+                "unused-setting",
+                "`max_parallel` has no effect without `for_each`",
+            )
+            .at(stage.max_parallel.as_ref().map_or(id.span, |m| m.span)),
         );
     }
     if let Some(retry) = &stage.retry
         && retry.attempts == 0
     {
         diags.push(
-            Diagnostic::error("invalid-value", "`retry.attempts` counts the first attempt, so it is at least 1")
-                .at(id.span),
+            Diagnostic::error(
+                "invalid-value",
+                "`retry.attempts` counts the first attempt, so it is at least 1",
+            )
+            .at(id.span),
         );
     }
     draft
@@ -285,7 +325,11 @@ impl Checker<'_> {
         match parse_template(text, self.origin(node, text)) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.diags.push(Diagnostic::error("bad-expression", e.message).at(e.span).hint_opt(e.hint));
+                self.diags.push(
+                    Diagnostic::error("bad-expression", e.message)
+                        .at(e.span)
+                        .hint_opt(e.hint),
+                );
                 None
             }
         }
@@ -296,7 +340,7 @@ impl Checker<'_> {
         let node = self.drafts[i].spec.for_each.as_ref()?;
         match &node.kind {
             NodeKind::Seq(items) => {
-                let vals: Vec<Val> = items.iter().map(|n| literal_val(n)).collect();
+                let vals: Vec<Val> = items.iter().map(literal_val).collect();
                 let item = common_type(&vals);
                 Some(ForEach::Literal { items: vals, item })
             }
@@ -310,13 +354,19 @@ impl Checker<'_> {
                     );
                     return None;
                 };
-                Some(ForEach::Expr { expr, item: Type::Any })
+                Some(ForEach::Expr {
+                    expr,
+                    item: Type::Any,
+                })
             }
             _ => {
                 self.diags.push(
-                    Diagnostic::error("fan-out", format!("`for_each` needs a list, found {}", node.describe()))
-                        .at(node.span)
-                        .hint("give a list (`[1, 2, 3]`) or an expression that gives one"),
+                    Diagnostic::error(
+                        "fan-out",
+                        format!("`for_each` needs a list, found {}", node.describe()),
+                    )
+                    .at(node.span)
+                    .hint("give a list (`[1, 2, 3]`) or an expression that gives one"),
                 );
                 None
             }
@@ -326,29 +376,48 @@ impl Checker<'_> {
     fn check_stage(&mut self, i: usize, fan_outs: &[Option<ForEach>]) -> Checked {
         let mut out = Checked::default();
         let draft = &self.drafts[i];
-        let here = Here { index: i, for_each: fan_outs[i].as_ref(), fan_outs };
+        let here = Here {
+            index: i,
+            for_each: fan_outs[i].as_ref(),
+            fan_outs,
+        };
 
         // `for_each` over an expression: its type must be a list; the item type follows.
         let mut item_type = here.for_each.map(|f| f.item_type().clone());
         if let Some(ForEach::Expr { expr, .. }) = here.for_each {
-            let outer = Here { index: i, for_each: None, fan_outs };
+            let outer = Here {
+                index: i,
+                for_each: None,
+                fan_outs,
+            };
             if let Some(ty) = self.type_of(expr, &outer, &mut out.deps) {
                 match ty {
                     Type::List(item) => item_type = Some(*item),
                     Type::Any => {}
                     other => self.diags.push(
-                        Diagnostic::error("fan-out", format!("`for_each` needs a list, but `{expr}` is {other}"))
-                            .at(expr.span)
-                            .hint("fan out over a list: a list parameter or an output of type list<...>"),
+                        Diagnostic::error(
+                            "fan-out",
+                            format!("`for_each` needs a list, but `{expr}` is {other}"),
+                        )
+                        .at(expr.span)
+                        .hint(
+                            "fan out over a list: a list parameter or an output of type list<...>",
+                        ),
                     ),
                 }
             }
         }
         let item_fe = here.for_each.map(|f| match f {
-            ForEach::Expr { expr, .. } => ForEach::Expr { expr: expr.clone(), item: item_type.clone().unwrap_or(Type::Any) },
+            ForEach::Expr { expr, .. } => ForEach::Expr {
+                expr: expr.clone(),
+                item: item_type.clone().unwrap_or(Type::Any),
+            },
             lit => lit.clone(),
         });
-        let here = Here { for_each: item_fe.as_ref(), ..here };
+        let here = Here {
+            for_each: item_fe.as_ref(),
+            ..here
+        };
 
         if let Some(needs) = &draft.spec.needs {
             let items: Vec<&Node> = match &needs.kind {
@@ -357,40 +426,68 @@ impl Checker<'_> {
             };
             for n in items {
                 let Some(name) = n.as_str() else {
-                    self.diags.push(Diagnostic::error("wrong-type", format!("`needs` lists stage ids, found {}", n.describe())).at(n.span));
+                    self.diags.push(
+                        Diagnostic::error(
+                            "wrong-type",
+                            format!("`needs` lists stage ids, found {}", n.describe()),
+                        )
+                        .at(n.span),
+                    );
                     continue;
                 };
                 match self.index.get(name) {
-                    Some(&from) => out.deps.push(Dep { from, kind: Dependency::Order, span: n.span }),
+                    Some(&from) => out.deps.push(Dep {
+                        from,
+                        kind: Dependency::Order,
+                        span: n.span,
+                    }),
                     None => self.unknown_stage(name, n.span),
                 }
             }
         }
 
         if let Some(when) = &draft.spec.when {
-            match parse_condition(&when.value, Origin::locate(&self.file.text, when.span, &when.value)) {
+            match parse_condition(
+                &when.value,
+                Origin::locate(&self.file.text, when.span, &when.value),
+            ) {
                 Ok(expr) => {
                     if let Some(ty) = self.type_of(&expr, &here, &mut out.deps)
                         && !Type::Bool.accepts(&ty)
                     {
                         self.diags.push(
-                            Diagnostic::error("wrong-type", format!("`when` needs a condition, but `{expr}` is {ty}"))
-                                .at(expr.span)
-                                .hint("compare it, e.g. `${{ cycle.index > 0 }}`"),
+                            Diagnostic::error(
+                                "wrong-type",
+                                format!("`when` needs a condition, but `{expr}` is {ty}"),
+                            )
+                            .at(expr.span)
+                            .hint("compare it, e.g. `${{ cycle.index > 0 }}`"),
                         );
                     }
                     out.when = Some(expr);
                 }
-                Err(e) => self.diags.push(Diagnostic::error("bad-expression", e.message).at(e.span).hint_opt(e.hint)),
+                Err(e) => self.diags.push(
+                    Diagnostic::error("bad-expression", e.message)
+                        .at(e.span)
+                        .hint_opt(e.hint),
+                ),
             }
         }
 
-        let Some(settings) = &draft.settings else { return out };
+        let Some(settings) = &draft.settings else {
+            return out;
+        };
         let inputs = settings.inputs();
-        let Some(with) = draft.spec.with.as_ref() else { return out };
-        let Some(entries) = with.as_map() else { return out };
+        let Some(with) = draft.spec.with.as_ref() else {
+            return out;
+        };
+        let Some(entries) = with.as_map() else {
+            return out;
+        };
         for (key, value) in entries {
-            let Some(key_name) = key.as_str() else { continue };
+            let Some(key_name) = key.as_str() else {
+                continue;
+            };
             if let Some(port) = inputs.iter().find(|p| p.name == key_name) {
                 self.check_port(port, value, &here, &mut out);
             } else {
@@ -408,10 +505,17 @@ impl Checker<'_> {
                 self.diags.push(
                     Diagnostic::error(
                         "port-value",
-                        format!("input `{}` of stage `{stage}` takes a reference, found {}", port.name, node.describe()),
+                        format!(
+                            "input `{}` of stage `{stage}` takes a reference, found {}",
+                            port.name,
+                            node.describe()
+                        ),
                     )
                     .at(node.span)
-                    .hint(format!("connect it to an output of type {}: `${{{{ stages.ID.outputs.PORT }}}}`", port.ty)),
+                    .hint(format!(
+                        "connect it to an output of type {}: `${{{{ stages.ID.outputs.PORT }}}}`",
+                        port.ty
+                    )),
                 );
                 return;
             }
@@ -419,9 +523,15 @@ impl Checker<'_> {
         let Some(template) = template else { return };
         let Some(expr) = template.as_single_expr().cloned() else {
             self.diags.push(
-                Diagnostic::error("port-value", format!("input `{}` takes one reference, not text around it", port.name))
-                    .at(node.span)
-                    .hint("write only `${{ stages.ID.outputs.PORT }}`"),
+                Diagnostic::error(
+                    "port-value",
+                    format!(
+                        "input `{}` takes one reference, not text around it",
+                        port.name
+                    ),
+                )
+                .at(node.span)
+                .hint("write only `${{ stages.ID.outputs.PORT }}`"),
             );
             return;
         };
@@ -430,7 +540,11 @@ impl Checker<'_> {
         {
             self.diags.push(port_mismatch(stage, port, &expr, &given));
         }
-        out.bindings.push(Binding { port: port.name, ty: port.ty.clone(), template: template.clone() });
+        out.bindings.push(Binding {
+            port: port.name,
+            ty: port.ty.clone(),
+            template: template.clone(),
+        });
         out.templates.push((port.name.to_owned(), template));
     }
 
@@ -444,10 +558,14 @@ impl Checker<'_> {
             }
         });
         for (n, text) in strings {
-            let Some(template) = self.template(n, &text) else { continue };
+            let Some(template) = self.template(n, &text) else {
+                continue;
+            };
             let single = template.as_single_expr().is_some();
             for expr in template.exprs() {
-                let Some(ty) = self.type_of(expr, here, &mut out.deps) else { continue };
+                let Some(ty) = self.type_of(expr, here, &mut out.deps) else {
+                    continue;
+                };
                 if let Type::Named(name) = &ty
                     && !self.registry.is_interpolable(&ty)
                 {
@@ -458,8 +576,11 @@ impl Checker<'_> {
                     );
                 } else if !single && !self.registry.is_interpolable(&ty) {
                     self.diags.push(
-                        Diagnostic::error("wrong-type", format!("`{expr}` is {ty} and cannot be written into text"))
-                            .at(expr.span),
+                        Diagnostic::error(
+                            "wrong-type",
+                            format!("`{expr}` is {ty} and cannot be written into text"),
+                        )
+                        .at(expr.span),
                     );
                 }
             }
@@ -478,7 +599,9 @@ impl Checker<'_> {
             }
         });
         for (n, text) in strings {
-            let Some(template) = self.template(n, &text) else { continue };
+            let Some(template) = self.template(n, &text) else {
+                continue;
+            };
             for expr in template.exprs() {
                 for path in expr.paths() {
                     match path[0].name.as_str() {
@@ -492,14 +615,21 @@ impl Checker<'_> {
                             continue;
                         }
                     }
-                    let here = Here { index: usize::MAX, for_each: None, fan_outs: &[] };
+                    let here = Here {
+                        index: usize::MAX,
+                        for_each: None,
+                        fan_outs: &[],
+                    };
                     let mut deps = Vec::new();
                     if let Some(ty) = self.resolve_path(path, &here, &mut deps)
                         && !self.registry.is_interpolable(&ty)
                     {
                         self.diags.push(
-                            Diagnostic::error("wrong-type", format!("`{}` is {ty} and cannot be written into text", join(path)))
-                                .at(expr.span),
+                            Diagnostic::error(
+                                "wrong-type",
+                                format!("`{}` is {ty} and cannot be written into text", join(path)),
+                            )
+                            .at(expr.span),
                         );
                     }
                 }
@@ -541,13 +671,18 @@ impl Checker<'_> {
                         self.expect(&Type::Bool, &tb, b, &why)?;
                     }
                     BinOp::Eq | BinOp::Ne => {
-                        let comparable = ta.accepts(&tb) || tb.accepts(&ta)
-                            || (self.registry.is_interpolable(&ta) && self.registry.is_interpolable(&tb)
+                        let comparable = ta.accepts(&tb)
+                            || tb.accepts(&ta)
+                            || (self.registry.is_interpolable(&ta)
+                                && self.registry.is_interpolable(&tb)
                                 && (ta == Type::Text || tb == Type::Text));
                         if !comparable {
                             self.diags.push(
-                                Diagnostic::error("wrong-type", format!("cannot compare {ta} with {tb}"))
-                                    .at(Span::new(a.span.start, b.span.end)),
+                                Diagnostic::error(
+                                    "wrong-type",
+                                    format!("cannot compare {ta} with {tb}"),
+                                )
+                                .at(Span::new(a.span.start, b.span.end)),
                             );
                             return None;
                         }
@@ -556,8 +691,14 @@ impl Checker<'_> {
                         for (ty, e) in [(&ta, a), (&tb, b)] {
                             if !ty.is_numeric() && *ty != Type::Duration {
                                 self.diags.push(
-                                    Diagnostic::error("wrong-type", format!("`{}` compares numbers, but `{e}` is {ty}", op.symbol()))
-                                        .at(e.span),
+                                    Diagnostic::error(
+                                        "wrong-type",
+                                        format!(
+                                            "`{}` compares numbers, but `{e}` is {ty}",
+                                            op.symbol()
+                                        ),
+                                    )
+                                    .at(e.span),
                                 );
                                 return None;
                             }
@@ -586,8 +727,11 @@ impl Checker<'_> {
                 return Some(());
             }
             this.diags.push(
-                Diagnostic::error("bad-reference", format!("`{}` is incomplete: expected {what} after it", join(path)))
-                    .at(after.span),
+                Diagnostic::error(
+                    "bad-reference",
+                    format!("`{}` is incomplete: expected {what} after it", join(path)),
+                )
+                .at(after.span),
             );
             None
         };
@@ -596,8 +740,11 @@ impl Checker<'_> {
                 return Some(());
             }
             this.diags.push(
-                Diagnostic::error("bad-reference", format!("`{}` has nothing under it", join(&path[..len])))
-                    .at(path[len].span),
+                Diagnostic::error(
+                    "bad-reference",
+                    format!("`{}` has nothing under it", join(&path[..len])),
+                )
+                .at(path[len].span),
             );
             None
         };
@@ -609,9 +756,15 @@ impl Checker<'_> {
                 let Some(p) = self.params.iter().find(|p| p.name == name.name) else {
                     let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
                     self.diags.push(
-                        Diagnostic::error("unknown-param", format!("there is no parameter `{}`", name.name))
-                            .at(name.span)
-                            .hint(suggestion(&name.name, &names).unwrap_or_else(|| "declare it under `params:`".into())),
+                        Diagnostic::error(
+                            "unknown-param",
+                            format!("there is no parameter `{}`", name.name),
+                        )
+                        .at(name.span)
+                        .hint(
+                            suggestion(&name.name, &names)
+                                .unwrap_or_else(|| "declare it under `params:`".into()),
+                        ),
                     );
                     return None;
                 };
@@ -641,9 +794,12 @@ impl Checker<'_> {
             "item" => {
                 let Some(fe) = here.for_each else {
                     self.diags.push(
-                        Diagnostic::error("bad-reference", "`item` exists only in a stage with `for_each`")
-                            .at(head.span)
-                            .hint("add `for_each:` to this stage, or read the list itself"),
+                        Diagnostic::error(
+                            "bad-reference",
+                            "`item` exists only in a stage with `for_each`",
+                        )
+                        .at(head.span)
+                        .hint("add `for_each:` to this stage, or read the list itself"),
                     );
                     return None;
                 };
@@ -656,22 +812,32 @@ impl Checker<'_> {
                 match &item {
                     Type::Any => Some(Type::Any),
                     Type::Named(name) => {
-                        let fields = self.registry.type_def(name).map(|d| d.fields.clone()).unwrap_or_default();
+                        let fields = self
+                            .registry
+                            .type_def(name)
+                            .map(|d| d.fields.clone())
+                            .unwrap_or_default();
                         if let Some((_, ty)) = fields.iter().find(|(f, _)| *f == field.name) {
                             return Some(ty.clone());
                         }
                         let names: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
                         self.diags.push(
-                            Diagnostic::error("bad-reference", format!("a {name} has no field `{}`", field.name))
-                                .at(field.span)
-                                .hint_opt(suggestion(&field.name, &names)),
+                            Diagnostic::error(
+                                "bad-reference",
+                                format!("a {name} has no field `{}`", field.name),
+                            )
+                            .at(field.span)
+                            .hint_opt(suggestion(&field.name, &names)),
                         );
                         None
                     }
                     other => {
                         self.diags.push(
-                            Diagnostic::error("bad-reference", format!("the items are {other} and have no fields"))
-                                .at(field.span),
+                            Diagnostic::error(
+                                "bad-reference",
+                                format!("the items are {other} and have no fields"),
+                            )
+                            .at(field.span),
                         );
                         None
                     }
@@ -687,9 +853,15 @@ impl Checker<'_> {
                 need(self, 2, "`outputs`", id)?;
                 if path[2].name != "outputs" {
                     self.diags.push(
-                        Diagnostic::error("bad-reference", format!("expected `outputs` after `stages.{}`, found `{}`", id.name, path[2].name))
-                            .at(path[2].span)
-                            .hint(format!("write `stages.{}.outputs.PORT`", id.name)),
+                        Diagnostic::error(
+                            "bad-reference",
+                            format!(
+                                "expected `outputs` after `stages.{}`, found `{}`",
+                                id.name, path[2].name
+                            ),
+                        )
+                        .at(path[2].span)
+                        .hint(format!("write `stages.{}.outputs.PORT`", id.name)),
                     );
                     return None;
                 }
@@ -697,7 +869,13 @@ impl Checker<'_> {
                 too_long(self, 4)?;
                 let port_seg = &path[3];
                 let span = Span::new(path[0].span.start, port_seg.span.end);
-                deps.push(Dep { from, kind: Dependency::Data { port: port_seg.name.clone() }, span });
+                deps.push(Dep {
+                    from,
+                    kind: Dependency::Data {
+                        port: port_seg.name.clone(),
+                    },
+                    span,
+                });
                 let source = &self.drafts[from];
                 let settings = source.settings.as_ref()?;
                 let outputs = settings.outputs();
@@ -705,9 +883,18 @@ impl Checker<'_> {
                     let names: Vec<&str> = outputs.iter().map(|p| p.name).collect();
                     let kind = source.kind.map_or("?", |k| k.0);
                     self.diags.push(
-                        Diagnostic::error("unknown-port", format!("stage `{}` ({kind}) has no output `{}`", id.name, port_seg.name))
-                            .at(port_seg.span)
-                            .hint(suggestion(&port_seg.name, &names).unwrap_or_else(|| format!("it has no outputs"))),
+                        Diagnostic::error(
+                            "unknown-port",
+                            format!(
+                                "stage `{}` ({kind}) has no output `{}`",
+                                id.name, port_seg.name
+                            ),
+                        )
+                        .at(port_seg.span)
+                        .hint(
+                            suggestion(&port_seg.name, &names)
+                                .unwrap_or_else(|| "it has no outputs".to_owned()),
+                        ),
                     );
                     return None;
                 };
@@ -739,7 +926,10 @@ impl Checker<'_> {
 fn port_mismatch(stage: &str, port: &Port, expr: &Expr, given: &Type) -> Diagnostic {
     let base = Diagnostic::error(
         "port-type",
-        format!("input `{}` of stage `{stage}` takes {}, but `{expr}` is {given}", port.name, port.ty),
+        format!(
+            "input `{}` of stage `{stage}` takes {}, but `{expr}` is {given}",
+            port.name, port.ty
+        ),
     )
     .at(expr.span);
     match (&port.ty, given) {
@@ -752,7 +942,10 @@ fn port_mismatch(stage: &str, port: &Port, expr: &Expr, given: &Type) -> Diagnos
 }
 
 fn join(path: &[Segment]) -> String {
-    path.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")
+    path.iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn literal_val(node: &Node) -> Val {
@@ -804,7 +997,12 @@ fn report_cycles(
                 .filter(|(from, to)| *from == current && members.contains(to))
                 .map(|(_, to)| *to)
                 .find(|to| *to == start || !path.contains(to))
-                .or_else(|| edge_spans.keys().find(|(f, t)| *f == current && members.contains(t)).map(|(_, t)| *t));
+                .or_else(|| {
+                    edge_spans
+                        .keys()
+                        .find(|(f, t)| *f == current && members.contains(t))
+                        .map(|(_, t)| *t)
+                });
             match next {
                 Some(n) if n == start || path.contains(&n) => {
                     path.push(n);
@@ -819,7 +1017,9 @@ fn report_cycles(
         }
         let names: Vec<&str> = path.iter().map(|i| drafts[*i].id.as_str()).collect();
         let closing = path.windows(2).last().map(|w| (w[0], w[1]));
-        let span = closing.and_then(|(from, to)| edge_spans.get(&(from, to)).copied()).unwrap_or(drafts[start].id_span);
+        let span = closing
+            .and_then(|(from, to)| edge_spans.get(&(from, to)).copied())
+            .unwrap_or(drafts[start].id_span);
         let message = if self_loop {
             format!("stage `{}` reads its own output", names[0])
         } else {
@@ -834,18 +1034,26 @@ fn report_cycles(
 }
 
 /// Levels (longest path from a source) and the run order: by level, then by id.
-fn schedule_levels(drafts: &[Draft], checked: &[Checked]) -> (Vec<usize>, Vec<Vec<usize>>, Vec<usize>) {
+fn schedule_levels(
+    drafts: &[Draft],
+    checked: &[Checked],
+) -> (Vec<usize>, Vec<Vec<usize>>, Vec<usize>) {
     let n = drafts.len();
     let mut level = vec![0usize; n];
-    let mut indegree: Vec<usize> = checked.iter().map(|c| c.deps.iter().map(|d| d.from).collect::<BTreeSet<_>>().len()).collect();
+    let mut indegree: Vec<usize> = checked
+        .iter()
+        .map(|c| c.deps.iter().map(|d| d.from).collect::<BTreeSet<_>>().len())
+        .collect();
     let mut dependants: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
     for (to, c) in checked.iter().enumerate() {
         for d in &c.deps {
             dependants[d.from].insert(to);
         }
     }
-    let mut ready: BTreeSet<(&str, usize)> =
-        (0..n).filter(|i| indegree[*i] == 0).map(|i| (drafts[i].id.as_str(), i)).collect();
+    let mut ready: BTreeSet<(&str, usize)> = (0..n)
+        .filter(|i| indegree[*i] == 0)
+        .map(|i| (drafts[i].id.as_str(), i))
+        .collect();
     while let Some((_, i)) = ready.pop_first() {
         for &to in &dependants[i] {
             level[to] = level[to].max(level[i] + 1);
@@ -878,5 +1086,155 @@ impl Pipeline {
 impl Stage {
     pub fn skips_on_error(&self) -> bool {
         self.spec.on_error == OnError::Skip
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+
+    use crate::plan::{Effect, PlanContext};
+    use crate::registry::{Input, Port, Registry, StageKind};
+    use crate::types::{Type, TypeDef};
+    use crate::value::Value;
+    use crate::{Override, load};
+
+    /// A test kind: reads an optional `thing`, emits `thing` and `n`.
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // input ports are bound by the graph from `with:`, not read here
+    struct Make {
+        #[serde(default)]
+        thing: Option<Input>,
+        #[serde(default)]
+        things: Option<Input>,
+        #[serde(default)]
+        label: Option<Value<String>>,
+    }
+
+    impl StageKind for Make {
+        const NAME: &'static str = "make";
+        const DESCRIPTION: &'static str = "test";
+        fn inputs(&self) -> Vec<Port> {
+            vec![
+                Port::new("thing", Type::Named("thing"), ""),
+                Port::new("things", Type::list(Type::Named("thing")), ""),
+            ]
+        }
+        fn outputs(&self) -> Vec<Port> {
+            vec![
+                Port::new("thing", Type::Named("thing"), ""),
+                Port::new("n", Type::Int, ""),
+                Port::new("items", Type::list(Type::Named("rec")), ""),
+            ]
+        }
+        fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
+            vec![Effect::compute(
+                None,
+                cx.render_opt(&self.label).unwrap_or_default(),
+            )]
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register_type(TypeDef::artifact("thing", ""));
+        r.register_type(TypeDef::record("rec", "", vec![("uid", Type::Int)]));
+        r.register::<Make>();
+        r
+    }
+
+    fn check(stages: &str) -> crate::Loaded {
+        let text = format!(
+            "version: 1\nname: t\nrole: miner\nparams:\n  k: {{ type: int, default: 2 }}\nstages:\n{stages}"
+        );
+        load("t.yaml", &text, &registry(), &[])
+    }
+
+    fn codes(loaded: &crate::Loaded) -> Vec<&'static str> {
+        loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.code)
+            .collect()
+    }
+
+    #[test]
+    fn references_make_edges_and_levels() {
+        let loaded = check(
+            "  c: { uses: make, with: { thing: '${{ stages.b.outputs.thing }}', label: '${{ params.k }}' } }\n  b: { uses: make, with: { thing: '${{ stages.a.outputs.thing }}' } }\n  a: { uses: make }\n  z: { uses: make, needs: a }\n",
+        );
+        assert!(!loaded.has_errors(), "{}", loaded.render());
+        let p = loaded.pipeline.as_ref().unwrap();
+        let order: Vec<&str> = p.order.iter().map(|&i| p.stages[i].id.as_str()).collect();
+        assert_eq!(order, ["a", "b", "z", "c"]);
+        assert_eq!(p.levels.len(), 3);
+        assert_eq!(p.graph.edge_count(), 3);
+    }
+
+    #[test]
+    fn fan_out_gives_a_list_and_items_have_fields() {
+        let loaded = check(
+            "  src: { uses: make }\n  each:\n    uses: make\n    for_each: '${{ stages.src.outputs.items }}'\n    with: { label: 'x-${{ item.uid }}' }\n  all: { uses: make, with: { things: '${{ stages.each.outputs.thing }}' } }\n",
+        );
+        assert!(!loaded.has_errors(), "{}", loaded.render());
+        let bad = check(
+            "  src: { uses: make }\n  each:\n    uses: make\n    for_each: '${{ stages.src.outputs.items }}'\n    with: { label: 'x-${{ item.id }}' }\n",
+        );
+        assert_eq!(codes(&bad), ["bad-reference"]);
+        let error = bad.diagnostics.iter().find(|d| d.is_error()).unwrap();
+        assert!(
+            error.hint.as_deref().unwrap_or("").contains("uid"),
+            "{:?}",
+            error.hint
+        );
+    }
+
+    #[test]
+    fn stages_fanned_out_over_the_same_list_pair_item_by_item() {
+        let loaded = check(
+            "  src: { uses: make }\n  a:\n    uses: make\n    for_each: '${{ stages.src.outputs.items }}'\n  b:\n    uses: make\n    for_each: '${{ stages.src.outputs.items }}'\n    with: { thing: '${{ stages.a.outputs.thing }}' }\n",
+        );
+        assert!(!loaded.has_errors(), "{}", loaded.render());
+    }
+
+    #[test]
+    fn conditions_are_typed() {
+        let ok = check("  a: { uses: make, when: 'cycle.index > 0 && params.k != 3' }\n");
+        assert!(!ok.has_errors(), "{}", ok.render());
+        let bad = check("  a: { uses: make, when: \"params.k && true\" }\n");
+        assert_eq!(codes(&bad), ["wrong-type"]);
+        let cmp = check("  a: { uses: make, when: \"'x' < 2\" }\n");
+        assert_eq!(codes(&cmp), ["wrong-type"]);
+    }
+
+    #[test]
+    fn overrides_are_typed_and_suggested() {
+        let text = "version: 1\nname: t\nrole: miner\nparams:\n  k: { type: int, default: 2 }\nstages:\n  a: { uses: make, with: { label: '${{ params.k }}' } }\n";
+        let set: Vec<Override> = vec!["kk=3".parse().unwrap()];
+        let loaded = load("t.yaml", text, &registry(), &set);
+        assert_eq!(codes(&loaded), ["bad-set"]);
+        assert_eq!(
+            loaded.diagnostics[0].hint.as_deref(),
+            Some("did you mean `k`?")
+        );
+        let ok = load("t.yaml", text, &registry(), &["k=5".parse().unwrap()]);
+        let plan = ok.plan(&|_| false).unwrap();
+        assert_eq!(plan.stages[0].effects[0].target, "5");
+    }
+
+    #[test]
+    fn a_long_loop_is_named_in_order() {
+        let loaded = check(
+            "  a: { uses: make, with: { thing: '${{ stages.c.outputs.thing }}' } }\n  b: { uses: make, with: { thing: '${{ stages.a.outputs.thing }}' } }\n  c: { uses: make, with: { thing: '${{ stages.b.outputs.thing }}' } }\n",
+        );
+        let cycle = loaded
+            .diagnostics
+            .iter()
+            .find(|d| d.code == "cycle")
+            .unwrap();
+        assert_eq!(cycle.message, "dependency cycle: a → b → c → a");
     }
 }

@@ -44,7 +44,11 @@ impl Loaded {
 
     /// Every finding rendered against the file.
     pub fn render(&self) -> String {
-        self.diagnostics.iter().map(|d| d.render(&self.file)).collect::<Vec<_>>().join("\n")
+        self.diagnostics
+            .iter()
+            .map(|d| d.render(&self.file))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The plan, when the pipeline loaded; `env` says which environment variables are set.
@@ -61,7 +65,9 @@ impl Loaded {
                 }
             })
             .collect();
-        self.pipeline.as_ref().map(|p| Plan::build(p, warnings, env))
+        self.pipeline
+            .as_ref()
+            .map(|p| Plan::build(p, warnings, env))
     }
 }
 
@@ -81,5 +87,9 @@ pub fn load(name: &str, text: &str, registry: &Registry, overrides: &[Override])
         }
     }
     diagnostics.sort_by_key(|d| (d.span.map_or(0, |s| s.start), d.severity));
-    Loaded { file, pipeline, diagnostics }
+    Loaded {
+        file,
+        pipeline,
+        diagnostics,
+    }
 }

@@ -56,7 +56,10 @@ impl Node {
 
     /// The value under a string key of a map node.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
     }
 
     /// A short name of the node's kind, for messages.
@@ -98,7 +101,10 @@ impl Node {
             NodeKind::Str(s) => J::String(s.clone()),
             NodeKind::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
             NodeKind::Map(entries) => J::Object(
-                entries.iter().map(|(k, v)| (k.scalar_text(), v.to_json())).collect(),
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.scalar_text(), v.to_json()))
+                    .collect(),
             ),
         }
     }
@@ -149,7 +155,9 @@ fn yaml_error(file: &SourceFile, err: &serde_saphyr::Error) -> Diagnostic {
 
 /// The first tab in a line's leading whitespace at or after `from`'s line.
 fn indentation_tab(file: &SourceFile, from: usize) -> Option<usize> {
-    let line_start = file.text[..from.min(file.text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line_start = file.text[..from.min(file.text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
     let mut offset = line_start;
     for line in file.text[line_start..].split_inclusive('\n') {
         let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
@@ -163,7 +171,10 @@ fn indentation_tab(file: &SourceFile, from: usize) -> Option<usize> {
 
 fn strip_location_prefix(text: &str) -> &str {
     let first = text.lines().next().unwrap_or(text);
-    let message = match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+    let message = match first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
         Some((_, message)) => message,
         None => first,
     };
@@ -181,7 +192,12 @@ enum RawNode {
     Float(f64),
     Str(String),
     Seq(Vec<serde_saphyr::Spanned<RawNode>>),
-    Map(Vec<(serde_saphyr::Spanned<RawNode>, serde_saphyr::Spanned<RawNode>)>),
+    Map(
+        Vec<(
+            serde_saphyr::Spanned<RawNode>,
+            serde_saphyr::Spanned<RawNode>,
+        )>,
+    ),
 }
 
 trait IntoNode {
@@ -199,9 +215,14 @@ impl IntoNode for serde_saphyr::Spanned<RawNode> {
             RawNode::Int(i) => NodeKind::Int(i),
             RawNode::Float(f) => NodeKind::Float(f),
             RawNode::Str(s) => NodeKind::Str(s),
-            RawNode::Seq(items) => NodeKind::Seq(items.into_iter().map(|n| n.into_node()).collect()),
+            RawNode::Seq(items) => {
+                NodeKind::Seq(items.into_iter().map(|n| n.into_node()).collect())
+            }
             RawNode::Map(entries) => NodeKind::Map(
-                entries.into_iter().map(|(k, v)| (k.into_node(), v.into_node())).collect(),
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.into_node(), v.into_node()))
+                    .collect(),
             ),
         };
         Node { kind, span }
@@ -283,7 +304,12 @@ pub struct DeError {
 
 impl DeError {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), span: None, hint: None }
+        Self {
+            code,
+            message: message.into(),
+            span: None,
+            hint: None,
+        }
     }
 
     pub fn at(mut self, span: Span) -> Self {
@@ -297,7 +323,9 @@ impl DeError {
     }
 
     pub fn into_diagnostic(self) -> Diagnostic {
-        Diagnostic::error(self.code, self.message).at_opt(self.span).hint_opt(self.hint)
+        Diagnostic::error(self.code, self.message)
+            .at_opt(self.span)
+            .hint_opt(self.hint)
     }
 }
 
@@ -313,11 +341,17 @@ impl de::Error for DeError {
             "f32" | "f64" => "a number".to_owned(),
             other => other.to_owned(),
         };
-        DeError::new("wrong-type", format!("expected {expected}, found {}", describe_unexpected(&unexp)))
+        DeError::new(
+            "wrong-type",
+            format!("expected {expected}, found {}", describe_unexpected(&unexp)),
+        )
     }
 
     fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        DeError::new("invalid-value", format!("invalid value {unexp}, expected {exp}"))
+        DeError::new(
+            "invalid-value",
+            format!("invalid value {unexp}, expected {exp}"),
+        )
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
@@ -337,7 +371,10 @@ impl de::Error for DeError {
     }
 
     fn duplicate_field(field: &'static str) -> Self {
-        DeError::new("duplicate-key", format!("key `{field}` is given more than once"))
+        DeError::new(
+            "duplicate-key",
+            format!("key `{field}` is given more than once"),
+        )
     }
 }
 
@@ -393,8 +430,13 @@ impl<'de, 'a: 'de> Deserializer<'de> for NodeDeserializer<'a> {
             NodeKind::Int(i) => visitor.visit_i64(*i),
             NodeKind::Float(f) => visitor.visit_f64(*f),
             NodeKind::Str(s) => visitor.visit_borrowed_str(s),
-            NodeKind::Seq(items) => visitor.visit_seq(NodeSeq { items: items.iter() }),
-            NodeKind::Map(entries) => visitor.visit_map(NodeMap { entries: entries.iter(), value: None }),
+            NodeKind::Seq(items) => visitor.visit_seq(NodeSeq {
+                items: items.iter(),
+            }),
+            NodeKind::Map(entries) => visitor.visit_map(NodeMap {
+                entries: entries.iter(),
+                value: None,
+            }),
         };
         self.locate(result)
     }
@@ -434,7 +476,9 @@ impl<'de, 'a: 'de> Deserializer<'de> for NodeDeserializer<'a> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
-            NodeKind::Seq(items) => self.locate(visitor.visit_seq(NodeSeq { items: items.iter() })),
+            NodeKind::Seq(items) => self.locate(visitor.visit_seq(NodeSeq {
+                items: items.iter(),
+            })),
             _ => self.invalid_type(&visitor),
         }
     }
@@ -459,7 +503,10 @@ impl<'de, 'a: 'de> Deserializer<'de> for NodeDeserializer<'a> {
             NodeKind::Null => empty,
             _ => return self.invalid_type(&visitor),
         };
-        self.locate(visitor.visit_map(NodeMap { entries: entries.iter(), value: None }))
+        self.locate(visitor.visit_map(NodeMap {
+            entries: entries.iter(),
+            value: None,
+        }))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -477,7 +524,10 @@ impl<'de, 'a: 'de> Deserializer<'de> for NodeDeserializer<'a> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         if name == SPANNED_MARKER {
-            return visitor.visit_map(SpannedAccess { node: self.node, field: 0 });
+            return visitor.visit_map(SpannedAccess {
+                node: self.node,
+                field: 0,
+            });
         }
         visitor.visit_newtype_struct(self)
     }
@@ -490,9 +540,10 @@ impl<'de, 'a: 'de> Deserializer<'de> for NodeDeserializer<'a> {
     ) -> Result<V::Value, DeError> {
         let result = match &self.node.kind {
             NodeKind::Str(s) => visitor.visit_enum(StrDeserializer::<DeError>::new(s)),
-            NodeKind::Map(entries) if entries.len() == 1 => {
-                visitor.visit_enum(NodeEnum { tag: &entries[0].0, value: &entries[0].1 })
-            }
+            NodeKind::Map(entries) if entries.len() == 1 => visitor.visit_enum(NodeEnum {
+                tag: &entries[0].0,
+                value: &entries[0].1,
+            }),
             _ => return self.invalid_type(&visitor),
         };
         self.locate(result)
@@ -514,7 +565,10 @@ struct NodeSeq<'a> {
 impl<'de, 'a: 'de> SeqAccess<'de> for NodeSeq<'a> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
             Some(node) => seed.deserialize(NodeDeserializer::new(node)).map(Some),
             None => Ok(None),
@@ -534,11 +588,16 @@ struct NodeMap<'a> {
 impl<'de, 'a: 'de> MapAccess<'de> for NodeMap<'a> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             Some((key, value)) => {
                 self.value = Some(value);
-                seed.deserialize(NodeDeserializer::new(key)).map_err(|e| e.at(key.span)).map(Some)
+                seed.deserialize(NodeDeserializer::new(key))
+                    .map_err(|e| e.at(key.span))
+                    .map(Some)
             }
             None => Ok(None),
         }
@@ -547,7 +606,10 @@ impl<'de, 'a: 'de> MapAccess<'de> for NodeMap<'a> {
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         match self.value.take() {
             Some(node) => seed.deserialize(NodeDeserializer::new(node)),
-            None => Err(DeError::new("internal", "map value requested before its key")),
+            None => Err(DeError::new(
+                "internal",
+                "map value requested before its key",
+            )),
         }
     }
 
@@ -565,8 +627,13 @@ impl<'de, 'a: 'de> EnumAccess<'de> for NodeEnum<'a> {
     type Error = DeError;
     type Variant = NodeDeserializer<'a>;
 
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self::Variant), DeError> {
-        let tag = seed.deserialize(NodeDeserializer::new(self.tag)).map_err(|e| e.at(self.tag.span))?;
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self::Variant), DeError> {
+        let tag = seed
+            .deserialize(NodeDeserializer::new(self.tag))
+            .map_err(|e| e.at(self.tag.span))?;
         Ok((tag, NodeDeserializer::new(self.value)))
     }
 }
@@ -603,9 +670,14 @@ struct SpannedAccess<'a> {
 impl<'de, 'a: 'de> MapAccess<'de> for SpannedAccess<'a> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         match SPANNED_FIELDS.get(self.field) {
-            Some(name) => seed.deserialize(StrDeserializer::<DeError>::new(name)).map(Some),
+            Some(name) => seed
+                .deserialize(StrDeserializer::<DeError>::new(name))
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -651,11 +723,13 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Spanned<T>, A::Error> {
                 let missing = || de::Error::custom("spans are only available from a gradline node");
-                let (Some(_), Some(start)) = (map.next_key::<String>()?, Some(map.next_value::<usize>()?))
+                let (Some(_), Some(start)) =
+                    (map.next_key::<String>()?, Some(map.next_value::<usize>()?))
                 else {
                     return Err(missing());
                 };
-                let (Some(_), Some(end)) = (map.next_key::<String>()?, Some(map.next_value::<usize>()?))
+                let (Some(_), Some(end)) =
+                    (map.next_key::<String>()?, Some(map.next_value::<usize>()?))
                 else {
                     return Err(missing());
                 };
@@ -663,7 +737,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
                     return Err(missing());
                 }
                 let value = map.next_value::<T>()?;
-                Ok(Spanned { value, span: Span::new(start, end) })
+                Ok(Spanned {
+                    value,
+                    span: Span::new(start, end),
+                })
             }
         }
         d.deserialize_newtype_struct(SPANNED_MARKER, SpannedVisitor(std::marker::PhantomData))
@@ -694,7 +771,10 @@ impl<T: JsonSchema> JsonSchema for Spanned<T> {
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spanned = Spanned::<NodeKind>::deserialize(d)?;
-        Ok(Node { kind: spanned.value, span: spanned.span })
+        Ok(Node {
+            kind: spanned.value,
+            span: spanned.span,
+        })
     }
 }
 

@@ -22,9 +22,10 @@ impl std::str::FromStr for Override {
 
     fn from_str(text: &str) -> Result<Self, String> {
         match text.split_once('=') {
-            Some((name, value)) if !name.trim().is_empty() => {
-                Ok(Override { name: name.trim().to_owned(), value: value.to_owned() })
-            }
+            Some((name, value)) if !name.trim().is_empty() => Ok(Override {
+                name: name.trim().to_owned(),
+                value: value.to_owned(),
+            }),
             _ => Err(format!("`{text}` is not NAME=VALUE")),
         }
     }
@@ -79,17 +80,25 @@ pub fn resolve(
                 && spec.ty.value != ParamType::List
             {
                 diags.push(
-                    Diagnostic::error("invalid-value", "`items` is only for `type: list`").at(items.span),
+                    Diagnostic::error("invalid-value", "`items` is only for `type: list`")
+                        .at(items.span),
                 );
             }
-            let value = spec.default.as_ref().and_then(|node| match value_from_node(&ty, node) {
-                Ok(v) => Some(v),
-                Err(d) => {
-                    diags.push(d);
-                    None
-                }
-            });
-            let source = if value.is_some() { ParamSource::Default } else { ParamSource::Missing };
+            let value = spec
+                .default
+                .as_ref()
+                .and_then(|node| match value_from_node(&ty, node) {
+                    Ok(v) => Some(v),
+                    Err(d) => {
+                        diags.push(d);
+                        None
+                    }
+                });
+            let source = if value.is_some() {
+                ParamSource::Default
+            } else {
+                ParamSource::Missing
+            };
             ResolvedParam {
                 name: name.value.clone(),
                 span: name.span,
@@ -104,8 +113,14 @@ pub fn resolve(
         let Some(param) = resolved.iter_mut().find(|p| p.name == o.name) else {
             let names: Vec<&str> = params.iter().map(|(n, _)| n.value.as_str()).collect();
             diags.push(
-                Diagnostic::error("bad-set", format!("`--set {}`: the pipeline has no parameter `{}`", o.name, o.name))
-                    .hint_opt(suggestion(&o.name, &names).or(Some("it declares no parameters".into()))),
+                Diagnostic::error(
+                    "bad-set",
+                    format!(
+                        "`--set {}`: the pipeline has no parameter `{}`",
+                        o.name, o.name
+                    ),
+                )
+                .hint_opt(suggestion(&o.name, &names).or(Some("it declares no parameters".into()))),
             );
             continue;
         };
@@ -115,12 +130,9 @@ pub fn resolve(
                 param.source = ParamSource::Set;
             }
             Err(why) => diags.push(
-                Diagnostic::error(
-                    "bad-set",
-                    format!("`--set {}={}`: {why}", o.name, o.value),
-                )
-                .at(param.span)
-                .hint(format!("`{}` is declared here as {}", param.name, param.ty)),
+                Diagnostic::error("bad-set", format!("`--set {}={}`: {why}", o.name, o.value))
+                    .at(param.span)
+                    .hint(format!("`{}` is declared here as {}", param.name, param.ty)),
             ),
         }
     }
@@ -129,8 +141,11 @@ pub fn resolve(
 
 fn value_from_node(ty: &Type, node: &Node) -> Result<Val, Diagnostic> {
     let mismatch = || {
-        Diagnostic::error("wrong-type", format!("the default should be {ty}, found {}", node.describe()))
-            .at(node.span)
+        Diagnostic::error(
+            "wrong-type",
+            format!("the default should be {ty}, found {}", node.describe()),
+        )
+        .at(node.span)
     };
     Ok(match (ty, &node.kind) {
         (Type::Int, NodeKind::Int(i)) => Val::Int(*i),
@@ -138,16 +153,21 @@ fn value_from_node(ty: &Type, node: &Node) -> Result<Val, Diagnostic> {
         (Type::Float, NodeKind::Float(f)) => Val::Float(*f),
         (Type::Bool, NodeKind::Bool(b)) => Val::Bool(*b),
         (Type::Text, NodeKind::Str(s)) => Val::Str(s.clone()),
-        (Type::Text, NodeKind::Int(_) | NodeKind::Float(_) | NodeKind::Bool(_)) => Val::Str(node.scalar_text()),
+        (Type::Text, NodeKind::Int(_) | NodeKind::Float(_) | NodeKind::Bool(_)) => {
+            Val::Str(node.scalar_text())
+        }
         (Type::Duration, NodeKind::Str(s)) => {
             let d: Duration = s.parse().map_err(|e: crate::value::BadDuration| {
                 Diagnostic::error("bad-duration", e.to_string()).at(node.span)
             })?;
             Val::Str(d.to_string())
         }
-        (Type::List(of), NodeKind::Seq(items)) => {
-            Val::List(items.iter().map(|n| value_from_node(of, n)).collect::<Result<_, _>>()?)
-        }
+        (Type::List(of), NodeKind::Seq(items)) => Val::List(
+            items
+                .iter()
+                .map(|n| value_from_node(of, n))
+                .collect::<Result<_, _>>()?,
+        ),
         (Type::Any, _) => scalar_val(node),
         _ => return Err(mismatch()),
     })
@@ -169,8 +189,14 @@ fn scalar_val(node: &Node) -> Val {
 pub fn value_from_text(ty: &Type, text: &str) -> Result<Val, String> {
     let text = text.trim();
     match ty {
-        Type::Int => text.parse().map(Val::Int).map_err(|_| format!("`{text}` is not an integer")),
-        Type::Float => text.parse().map(Val::Float).map_err(|_| format!("`{text}` is not a number")),
+        Type::Int => text
+            .parse()
+            .map(Val::Int)
+            .map_err(|_| format!("`{text}` is not an integer")),
+        Type::Float => text
+            .parse()
+            .map(Val::Float)
+            .map_err(|_| format!("`{text}` is not a number")),
         Type::Bool => match text {
             "true" => Ok(Val::Bool(true)),
             "false" => Ok(Val::Bool(false)),
@@ -181,11 +207,18 @@ pub fn value_from_text(ty: &Type, text: &str) -> Result<Val, String> {
             .map(|d| Val::Str(d.to_string()))
             .map_err(|e| e.to_string()),
         Type::List(of) => {
-            let inner = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+            let inner = text
+                .strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .unwrap_or(text);
             if inner.trim().is_empty() {
                 return Ok(Val::List(Vec::new()));
             }
-            inner.split(',').map(|item| value_from_text(of, item)).collect::<Result<_, _>>().map(Val::List)
+            inner
+                .split(',')
+                .map(|item| value_from_text(of, item))
+                .collect::<Result<_, _>>()
+                .map(Val::List)
         }
         Type::Text | Type::Any | Type::Named(_) => Ok(Val::Str(text.to_owned())),
     }
@@ -203,7 +236,10 @@ mod tests {
             value_from_text(&Type::list(Type::Int), "[1, 2,3]"),
             Ok(Val::List(vec![Val::Int(1), Val::Int(2), Val::Int(3)]))
         );
-        assert_eq!(value_from_text(&Type::Duration, "90s"), Ok(Val::Str("1m30s".into())));
+        assert_eq!(
+            value_from_text(&Type::Duration, "90s"),
+            Ok(Val::Str("1m30s".into()))
+        );
         assert!("novalue".parse::<Override>().is_err());
         assert_eq!("a=b=c".parse::<Override>().unwrap().value, "b=c");
     }

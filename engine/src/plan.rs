@@ -47,8 +47,20 @@ pub enum Access {
 }
 
 impl Effect {
-    pub fn new(access: Access, system: &str, resource: Option<String>, target: impl Into<String>) -> Self {
-        Self { access, system: system.into(), resource, target: target.into(), bytes: None, note: None }
+    pub fn new(
+        access: Access,
+        system: &str,
+        resource: Option<String>,
+        target: impl Into<String>,
+    ) -> Self {
+        Self {
+            access,
+            system: system.into(),
+            resource,
+            target: target.into(),
+            bytes: None,
+            note: None,
+        }
     }
 
     pub fn read(system: &str, resource: Option<String>, target: impl Into<String>) -> Self {
@@ -91,7 +103,11 @@ pub struct PlanContext<'a> {
 
 impl<'a> PlanContext<'a> {
     pub fn new(pipeline: &'a Pipeline, env: EnvProbe<'a>) -> Self {
-        Self { resources: &pipeline.spec.resources, scope: PlanScope { pipeline }, env }
+        Self {
+            resources: &pipeline.spec.resources,
+            scope: PlanScope { pipeline },
+            env,
+        }
     }
 
     /// Whether an environment variable is set (its value is never read).
@@ -102,7 +118,9 @@ impl<'a> PlanContext<'a> {
     /// A setting's value as far as it is known before running.
     pub fn eval<T: Serialize>(&self, value: &Value<T>) -> Val {
         match value {
-            Value::Lit(v) => json_to_val(&serde_json::to_value(v).unwrap_or(serde_json::Value::Null)),
+            Value::Lit(v) => {
+                json_to_val(&serde_json::to_value(v).unwrap_or(serde_json::Value::Null))
+            }
             Value::Expr(text) => self.eval_text(text),
         }
     }
@@ -130,30 +148,49 @@ impl<'a> PlanContext<'a> {
 
     /// The store's address with credentials removed, when the pipeline has a store.
     pub fn store(&self) -> Option<String> {
-        self.resources.store.as_ref().map(|s| redact_url(&self.render(&s.url)))
+        self.resources
+            .store
+            .as_ref()
+            .map(|s| redact_url(&self.render(&s.url)))
     }
 
     pub fn hub(&self) -> Option<String> {
-        self.resources.hub.as_ref().map(|h| redact_url(&self.render(&h.endpoint)))
+        self.resources
+            .hub
+            .as_ref()
+            .map(|h| redact_url(&self.render(&h.endpoint)))
     }
 
     /// The hub repository configured under `resources.hub.repo`.
     pub fn hub_repo(&self) -> Option<String> {
-        self.resources.hub.as_ref().and_then(|h| self.render_opt(&h.repo))
+        self.resources
+            .hub
+            .as_ref()
+            .and_then(|h| self.render_opt(&h.repo))
     }
 
     pub fn http(&self) -> Option<String> {
-        self.resources.http.as_ref().map(|h| redact_url(&self.render(&h.url)))
+        self.resources
+            .http
+            .as_ref()
+            .map(|h| redact_url(&self.render(&h.url)))
     }
 
     pub fn chain(&self) -> Option<String> {
         self.resources.chain.as_ref().map(|c| {
-            format!("{} netuid {}", redact_url(&self.render(&c.url)), self.render(&c.netuid))
+            format!(
+                "{} netuid {}",
+                redact_url(&self.render(&c.url)),
+                self.render(&c.netuid)
+            )
         })
     }
 
     pub fn device(&self) -> Device {
-        self.resources.device.as_ref().map_or(Device::Auto, |d| d.value)
+        self.resources
+            .device
+            .as_ref()
+            .map_or(Device::Auto, |d| d.value)
     }
 }
 
@@ -163,7 +200,14 @@ struct PlanScope<'a> {
 
 impl Scope for PlanScope<'_> {
     fn lookup(&self, path: &[Segment]) -> Val {
-        let symbol = || Val::Unknown(path.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join("."));
+        let symbol = || {
+            Val::Unknown(
+                path.iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            )
+        };
         match path.first().map(|s| s.name.as_str()) {
             Some("params") => path
                 .get(1)
@@ -179,7 +223,9 @@ fn json_to_val(json: &serde_json::Value) -> Val {
     match json {
         serde_json::Value::Null => Val::Null,
         serde_json::Value::Bool(b) => Val::Bool(*b),
-        serde_json::Value::Number(n) => n.as_i64().map_or_else(|| Val::Float(n.as_f64().unwrap_or(0.0)), Val::Int),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map_or_else(|| Val::Float(n.as_f64().unwrap_or(0.0)), Val::Int),
         serde_json::Value::String(s) => Val::Str(s.clone()),
         serde_json::Value::Array(items) => Val::List(items.iter().map(json_to_val).collect()),
         serde_json::Value::Object(_) => Val::Str(json.to_string()),
@@ -331,7 +377,10 @@ impl Plan {
             .map(|p| PlannedParam {
                 name: p.name.clone(),
                 ty: p.ty.to_string(),
-                value: p.value.as_ref().map_or(serde_json::Value::Null, |v| redact_val(v).to_json()),
+                value: p
+                    .value
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |v| redact_val(v).to_json()),
                 source: match p.source {
                     ParamSource::Default => "default",
                     ParamSource::Set => "set",
@@ -355,11 +404,20 @@ impl Plan {
                 crate::spec::KeySource::Generated(name) => format!("generated {name}"),
             }),
         };
-        let stages = pipeline.order.iter().map(|&i| plan_stage(pipeline, &pipeline.stages[i], &cx)).collect();
+        let stages = pipeline
+            .order
+            .iter()
+            .map(|&i| plan_stage(pipeline, &pipeline.stages[i], &cx))
+            .collect();
         let levels = pipeline
             .levels
             .iter()
-            .map(|level| level.iter().map(|&i| pipeline.stages[i].id.clone()).collect())
+            .map(|level| {
+                level
+                    .iter()
+                    .map(|&i| pipeline.stages[i].id.clone())
+                    .collect()
+            })
             .collect();
         Plan {
             format: PLAN_FORMAT.into(),
@@ -388,17 +446,33 @@ fn plan_stage(pipeline: &Pipeline, stage: &Stage, cx: &PlanContext) -> PlannedSt
         uses: stage.kind.to_owned(),
         level: stage.level,
         description: spec.description.clone(),
-        after: stage.after.iter().map(|&i| pipeline.stages[i].id.clone()).collect(),
+        after: stage
+            .after
+            .iter()
+            .map(|&i| pipeline.stages[i].id.clone())
+            .collect(),
         inputs: stage
             .bindings
             .iter()
             .map(|b| PlannedInput {
                 port: b.port.to_owned(),
                 ty: b.ty.to_string(),
-                from: b.template.exprs().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+                from: b
+                    .template
+                    .exprs()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
             .collect(),
-        outputs: stage.outputs.iter().map(|p| PlannedPort { port: p.name.to_owned(), ty: p.ty.to_string() }).collect(),
+        outputs: stage
+            .outputs
+            .iter()
+            .map(|p| PlannedPort {
+                port: p.name.to_owned(),
+                ty: p.ty.to_string(),
+            })
+            .collect(),
         when: stage.when.as_ref().map(|w| w.to_string()),
         for_each: stage.for_each.as_ref().map(|f| match f {
             ForEach::Expr { expr, .. } => expr.to_string(),
@@ -431,7 +505,9 @@ fn env_reads(pipeline: &Pipeline, cx: &PlanContext) -> Vec<PlannedEnv> {
     let mut rest = text.as_str();
     while let Some(i) = rest.find("env.") {
         let after = &rest[i + 4..];
-        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
         let preceded_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
         if end > 0 && preceded_ok {
             names.insert(after[..end].to_owned());
@@ -446,7 +522,13 @@ fn env_reads(pipeline: &Pipeline, cx: &PlanContext) -> Vec<PlannedEnv> {
     {
         names.insert(name.clone());
     }
-    names.into_iter().map(|name| PlannedEnv { set: cx.env_is_set(&name), name }).collect()
+    names
+        .into_iter()
+        .map(|name| PlannedEnv {
+            set: cx.env_is_set(&name),
+            name,
+        })
+        .collect()
 }
 
 impl Plan {
@@ -470,7 +552,11 @@ impl Plan {
                     serde_json::Value::Null => "(not set)".to_owned(),
                     ref v => v.to_string(),
                 };
-                let _ = writeln!(out, "  {:width$}  {:8} = {value}  [{}]", param.name, param.ty, param.source);
+                let _ = writeln!(
+                    out,
+                    "  {:width$}  {:8} = {value}  [{}]",
+                    param.name, param.ty, param.source
+                );
             }
         }
         let _ = writeln!(out, "\nresources");
@@ -490,10 +576,20 @@ impl Plan {
         if !self.env.is_empty() {
             let _ = writeln!(out, "\nenvironment (values never shown)");
             for e in &self.env {
-                let _ = writeln!(out, "  {:24} {}", e.name, if e.set { "set" } else { "not set" });
+                let _ = writeln!(
+                    out,
+                    "  {:24} {}",
+                    e.name,
+                    if e.set { "set" } else { "not set" }
+                );
             }
         }
-        let _ = writeln!(out, "\nstages  {} in {} levels", self.stages.len(), self.levels.len());
+        let _ = writeln!(
+            out,
+            "\nstages  {} in {} levels",
+            self.stages.len(),
+            self.levels.len()
+        );
         for (level, ids) in self.levels.iter().enumerate() {
             let _ = writeln!(out, "\n  level {level}  ({})", ids.join(", "));
             for stage in self.stages.iter().filter(|s| s.level == level) {
@@ -513,13 +609,20 @@ impl Plan {
     pub fn to_dot(&self, pipeline: &Pipeline) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "digraph \"{}\" {{", escape(&self.pipeline.name));
-        let _ = writeln!(out, "  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];");
+        let _ = writeln!(
+            out,
+            "  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];"
+        );
         for stage in &self.stages {
             let mut label = format!("{}\\n{}", stage.id, stage.uses);
             if let Some(f) = &stage.for_each {
                 let _ = write!(label, "\\nfor each {}", escape(f));
             }
-            let style = if stage.when.is_some() { ", style=dashed" } else { "" };
+            let style = if stage.when.is_some() {
+                ", style=dashed"
+            } else {
+                ""
+            };
             let _ = writeln!(out, "  \"{}\" [label=\"{}\"{style}];", stage.id, label);
         }
         for (from, to, dep) in edges(pipeline) {
@@ -567,14 +670,21 @@ fn write_stage(out: &mut String, stage: &PlannedStage) {
         let _ = writeln!(out, "      # {d}");
     }
     if let Some(f) = &stage.for_each {
-        let parallel = stage.max_parallel.map(|m| format!(", {m} at a time")).unwrap_or_default();
+        let parallel = stage
+            .max_parallel
+            .map(|m| format!(", {m} at a time"))
+            .unwrap_or_default();
         let _ = writeln!(out, "      for each   {f}{parallel}");
     }
     if let Some(w) = &stage.when {
         let _ = writeln!(out, "      when       {w}");
     }
     for input in &stage.inputs {
-        let _ = writeln!(out, "      in  {:14} {:12} <- {}", input.port, input.ty, input.from);
+        let _ = writeln!(
+            out,
+            "      in  {:14} {:12} <- {}",
+            input.port, input.ty, input.from
+        );
     }
     for output in &stage.outputs {
         let _ = writeln!(out, "      out {:14} {}", output.port, output.ty);
@@ -639,8 +749,17 @@ mod tests {
 
     #[test]
     fn urls_lose_credentials_and_queries() {
-        assert_eq!(redact_url("s3://key:secret@bucket/prefix"), "s3://***@bucket/prefix");
-        assert_eq!(redact_url("https://host/path?X-Amz-Signature=abc"), "https://host/path?***");
-        assert_eq!(redact_url("file://.gradline/store"), "file://.gradline/store");
+        assert_eq!(
+            redact_url("s3://key:secret@bucket/prefix"),
+            "s3://***@bucket/prefix"
+        );
+        assert_eq!(
+            redact_url("https://host/path?X-Amz-Signature=abc"),
+            "https://host/path?***"
+        );
+        assert_eq!(
+            redact_url("file://.gradline/store"),
+            "file://.gradline/store"
+        );
     }
 }

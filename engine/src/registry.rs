@@ -45,7 +45,9 @@ pub struct CheckContext<'a> {
 impl CheckContext<'_> {
     /// The span of a `with:` key's value, or of `uses:` when the key is absent.
     pub fn span_of(&self, key: &str) -> crate::source::Span {
-        self.with.and_then(|w| w.get(key)).map_or(self.uses_span, |n| n.span)
+        self.with
+            .and_then(|w| w.get(key))
+            .map_or(self.uses_span, |n| n.span)
     }
 }
 

@@ -17,7 +17,13 @@ pub fn pipeline_schema(registry: &Registry) -> String {
     let root = generator.root_schema_for::<PipelineSpec>();
     let kind_schemas: Vec<(String, String, Json)> = registry
         .kinds()
-        .map(|k| (k.name.to_owned(), k.description.to_owned(), k.settings_schema(&mut generator).to_value()))
+        .map(|k| {
+            (
+                k.name.to_owned(),
+                k.description.to_owned(),
+                k.settings_schema(&mut generator).to_value(),
+            )
+        })
         .collect();
     let mut root = root.to_value();
     let defs = generator.definitions().clone();
@@ -34,11 +40,15 @@ pub fn pipeline_schema(registry: &Registry) -> String {
         obj.insert("$id".into(), json!(SCHEMA_ID));
         obj.insert("title".into(), json!("gradline pipeline"));
     }
-    let stage = root.pointer_mut("/$defs/StageSpec").and_then(Json::as_object_mut);
+    let stage = root
+        .pointer_mut("/$defs/StageSpec")
+        .and_then(Json::as_object_mut);
     if let Some(stage) = stage {
         let names: Vec<Json> = kind_schemas.iter().map(|(n, _, _)| json!(n)).collect();
-        let described: Vec<Json> =
-            kind_schemas.iter().map(|(n, d, _)| json!({ "const": n, "description": d })).collect();
+        let described: Vec<Json> = kind_schemas
+            .iter()
+            .map(|(n, d, _)| json!({ "const": n, "description": d }))
+            .collect();
         if let Some(uses) = stage.get_mut("properties").and_then(|p| p.get_mut("uses")) {
             let description = uses.get("description").cloned().unwrap_or(Json::Null);
             *uses = json!({ "description": description, "enum": names, "oneOf": described });

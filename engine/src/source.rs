@@ -15,7 +15,10 @@ impl Span {
     }
 
     pub const fn at(offset: usize) -> Self {
-        Self { start: offset, end: offset }
+        Self {
+            start: offset,
+            end: offset,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -53,7 +56,11 @@ impl SourceFile {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Arc::new(Self { name: name.into(), text, line_starts })
+        Arc::new(Self {
+            name: name.into(),
+            text,
+            line_starts,
+        })
     }
 
     /// Line and column of a byte offset (clamped into the file).
@@ -61,7 +68,10 @@ impl SourceFile {
         let offset = self.floor_char_boundary(offset.min(self.text.len()));
         let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
         let col = self.text[self.line_starts[line]..offset].chars().count() + 1;
-        LineCol { line: line + 1, col }
+        LineCol {
+            line: line + 1,
+            col,
+        }
     }
 
     /// Byte offset of a 1-based line and character column.

@@ -48,8 +48,17 @@ pub struct PipelineSpec {
 }
 
 /// The keys a pipeline file may have at its top level.
-pub const TOP_LEVEL_KEYS: &[&str] =
-    &["version", "name", "role", "description", "params", "resources", "trigger", "deadline", "stages"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "role",
+    "description",
+    "params",
+    "resources",
+    "trigger",
+    "deadline",
+    "stages",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -146,7 +155,9 @@ pub struct HubSpec {
 
 /// Where a Hugging Face token is looked for, in order.
 pub fn default_token_env() -> Vec<String> {
-    ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_API_KEY"].map(String::from).to_vec()
+    ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_API_KEY"]
+        .map(String::from)
+        .to_vec()
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -222,7 +233,10 @@ impl<'de> Deserialize<'de> for Device {
             other => match other.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Device::Cuda(n),
                 _ => {
-                    return Err(de::Error::unknown_variant(other, &["auto", "cpu", "wgpu", "metal", "cuda:0"]));
+                    return Err(de::Error::unknown_variant(
+                        other,
+                        &["auto", "cpu", "wgpu", "metal", "cuda:0"],
+                    ));
                 }
             },
         })
@@ -280,7 +294,9 @@ impl<'de> Deserialize<'de> for Trigger {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Trigger, A::Error> {
                 let Some(key) = map.next_key::<TriggerKey>()? else {
-                    return Err(de::Error::custom("an empty trigger: write `{ every: window }` or `{ interval: 30s }`"));
+                    return Err(de::Error::custom(
+                        "an empty trigger: write `{ every: window }` or `{ interval: 30s }`",
+                    ));
                 };
                 let trigger = match key {
                     TriggerKey::Every => {
@@ -290,7 +306,9 @@ impl<'de> Deserialize<'de> for Trigger {
                     TriggerKey::Interval => Trigger::Interval(map.next_value()?),
                 };
                 if map.next_key::<TriggerKey>()?.is_some() {
-                    return Err(de::Error::custom("a trigger has exactly one of `every` or `interval`"));
+                    return Err(de::Error::custom(
+                        "a trigger has exactly one of `every` or `interval`",
+                    ));
                 }
                 Ok(trigger)
             }
@@ -431,9 +449,12 @@ impl PipelineSpec {
     pub fn from_node(root: &Node, diags: &mut Vec<Diagnostic>) -> Option<PipelineSpec> {
         let Some(entries) = root.as_map() else {
             diags.push(
-                Diagnostic::error("wrong-type", format!("a pipeline file is a map, found {}", root.describe()))
-                    .at(root.span)
-                    .hint("start with `version: 1`, `name:`, `role:` and `stages:`"),
+                Diagnostic::error(
+                    "wrong-type",
+                    format!("a pipeline file is a map, found {}", root.describe()),
+                )
+                .at(root.span)
+                .hint("start with `version: 1`, `name:`, `role:` and `stages:`"),
             );
             return None;
         };
@@ -456,9 +477,12 @@ impl PipelineSpec {
             };
             if let Some(first) = seen.iter().find(|n| n.as_str() == Some(k)) {
                 diags.push(
-                    Diagnostic::error("duplicate-key", format!("key `{k}` is given more than once"))
-                        .at(key.span)
-                        .related(first.span, "first given here"),
+                    Diagnostic::error(
+                        "duplicate-key",
+                        format!("key `{k}` is given more than once"),
+                    )
+                    .at(key.span)
+                    .related(first.span, "first given here"),
                 );
                 continue;
             }
@@ -492,11 +516,16 @@ impl PipelineSpec {
         };
         let version: Option<Spanned<u32>> = version;
         match &version {
-            None if !seen.iter().any(|n| n.as_str() == Some("version")) => missing("version", diags),
+            None if !seen.iter().any(|n| n.as_str() == Some("version")) => {
+                missing("version", diags)
+            }
             Some(v) if v.value != 1 => diags.push(
-                Diagnostic::error("unsupported-version", format!("version {} is not supported", v.value))
-                    .at(v.span)
-                    .hint("this gradline reads `version: 1`"),
+                Diagnostic::error(
+                    "unsupported-version",
+                    format!("version {} is not supported", v.value),
+                )
+                .at(v.span)
+                .hint("this gradline reads `version: 1`"),
             ),
             _ => {}
         }
@@ -550,8 +579,11 @@ fn entries_of<T: de::DeserializeOwned>(
         NodeKind::Null => &[],
         _ => {
             diags.push(
-                Diagnostic::error("wrong-type", format!("`{section}` is a map of ids, found {}", node.describe()))
-                    .at(node.span),
+                Diagnostic::error(
+                    "wrong-type",
+                    format!("`{section}` is a map of ids, found {}", node.describe()),
+                )
+                .at(node.span),
             );
             return Vec::new();
         }
@@ -560,23 +592,35 @@ fn entries_of<T: de::DeserializeOwned>(
     let mut ids: Vec<Spanned<String>> = Vec::new();
     for (key, value) in entries {
         let Some(id) = key.as_str() else {
-            diags.push(Diagnostic::error("wrong-type", format!("ids in `{section}` are names")).at(key.span));
+            diags.push(
+                Diagnostic::error("wrong-type", format!("ids in `{section}` are names"))
+                    .at(key.span),
+            );
             continue;
         };
         if let Some(first) = ids.iter().find(|s| s.value == id) {
             diags.push(
-                Diagnostic::error("duplicate-id", format!("`{id}` is defined more than once in `{section}`"))
-                    .at(key.span)
-                    .related(first.span, "first defined here")
-                    .hint("ids must be unique; rename one of them"),
+                Diagnostic::error(
+                    "duplicate-id",
+                    format!("`{id}` is defined more than once in `{section}`"),
+                )
+                .at(key.span)
+                .related(first.span, "first defined here")
+                .hint("ids must be unique; rename one of them"),
             );
             continue;
         }
-        if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+        if let Some(bad) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
             diags.push(
-                Diagnostic::error("bad-id", format!("`{id}` is not a valid id: `{bad}` is not allowed"))
-                    .at(key.span)
-                    .hint("ids use letters, digits, `_` and `-`"),
+                Diagnostic::error(
+                    "bad-id",
+                    format!("`{id}` is not a valid id: `{bad}` is not allowed"),
+                )
+                .at(key.span)
+                .hint("ids use letters, digits, `_` and `-`"),
             );
             continue;
         }

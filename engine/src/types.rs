@@ -65,15 +65,30 @@ pub struct TypeDef {
 
 impl TypeDef {
     pub fn artifact(name: &'static str, doc: &'static str) -> Self {
-        Self { name, doc, scalar: false, fields: Vec::new() }
+        Self {
+            name,
+            doc,
+            scalar: false,
+            fields: Vec::new(),
+        }
     }
 
     pub fn scalar(name: &'static str, doc: &'static str) -> Self {
-        Self { scalar: true, ..Self::artifact(name, doc) }
+        Self {
+            scalar: true,
+            ..Self::artifact(name, doc)
+        }
     }
 
-    pub fn record(name: &'static str, doc: &'static str, fields: Vec<(&'static str, Type)>) -> Self {
-        Self { fields, ..Self::artifact(name, doc) }
+    pub fn record(
+        name: &'static str,
+        doc: &'static str,
+        fields: Vec<(&'static str, Type)>,
+    ) -> Self {
+        Self {
+            fields,
+            ..Self::artifact(name, doc)
+        }
     }
 }
 

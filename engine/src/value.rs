@@ -7,7 +7,7 @@ use std::str::FromStr;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::value::{
     BoolDeserializer, F64Deserializer, I64Deserializer, MapAccessDeserializer,
-    SeqAccessDeserializer, StrDeserializer, UnitDeserializer, U64Deserializer,
+    SeqAccessDeserializer, StrDeserializer, U64Deserializer, UnitDeserializer,
 };
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -135,7 +135,9 @@ impl<T: JsonSchema> JsonSchema for Value<T> {
 pub struct Duration(pub std::time::Duration);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a duration: write a number and a unit (ms, s, m, h, d), e.g. `30s` or `1h30m`")]
+#[error(
+    "`{input}` is not a duration: write a number and a unit (ms, s, m, h, d), e.g. `30s` or `1h30m`"
+)]
 pub struct BadDuration {
     pub input: String,
 }
@@ -144,7 +146,9 @@ impl FromStr for Duration {
     type Err = BadDuration;
 
     fn from_str(input: &str) -> Result<Self, BadDuration> {
-        let bad = || BadDuration { input: input.to_owned() };
+        let bad = || BadDuration {
+            input: input.to_owned(),
+        };
         let text = input.trim();
         if text.is_empty() {
             return Err(bad());
@@ -152,13 +156,17 @@ impl FromStr for Duration {
         let mut total = std::time::Duration::ZERO;
         let mut rest = text;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(bad());
             }
             let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let seconds = match &rest[..unit_len] {
                 "ms" => 0.001,
                 "s" => 1.0,
@@ -168,7 +176,8 @@ impl FromStr for Duration {
                 _ => return Err(bad()),
             };
             rest = &rest[unit_len..];
-            let part = std::time::Duration::try_from_secs_f64(number * seconds).map_err(|_| bad())?;
+            let part =
+                std::time::Duration::try_from_secs_f64(number * seconds).map_err(|_| bad())?;
             total = total.checked_add(part).ok_or_else(bad)?;
         }
         Ok(Duration(total))
@@ -178,7 +187,13 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let ms = self.0.as_millis();
-        let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
+        let units = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+            (1, "ms"),
+        ];
         if ms == 0 {
             return f.write_str("0s");
         }
@@ -205,7 +220,9 @@ impl<'de> Deserialize<'de> for Duration {
                 v.parse().map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-                Err(E::custom(format!("`{v}` has no unit: write `{v}s`, `{v}m` or `{v}ms`")))
+                Err(E::custom(format!(
+                    "`{v}` has no unit: write `{v}s`, `{v}m` or `{v}ms`"
+                )))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
                 self.visit_i64(v as i64)
@@ -246,10 +263,12 @@ impl FromStr for ByteSize {
 
     fn from_str(input: &str) -> Result<Self, String> {
         let text = input.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-        let number: f64 = text[..split]
-            .parse()
-            .map_err(|_| format!("`{input}` is not a size: write e.g. `4GiB`, `512MB` or a number of bytes"))?;
+        let split = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len());
+        let number: f64 = text[..split].parse().map_err(|_| {
+            format!("`{input}` is not a size: write e.g. `4GiB`, `512MB` or a number of bytes")
+        })?;
         let unit: u64 = match text[split..].trim() {
             "" | "B" => 1,
             "KB" => 1000,
@@ -260,7 +279,11 @@ impl FromStr for ByteSize {
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
             "TiB" => 1 << 40,
-            other => return Err(format!("unknown size unit `{other}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                ));
+            }
         };
         Ok(ByteSize((number * unit as f64) as u64))
     }
@@ -268,9 +291,14 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let units = [(1u64 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        let units = [
+            (1u64 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
         for (size, unit) in units {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -290,7 +318,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 v.parse().map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))

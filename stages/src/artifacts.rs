@@ -22,26 +22,53 @@ pub const FRAGMENT_STATE: Type = Type::Named("fragment-state");
 
 pub fn register(registry: &mut Registry) {
     for def in [
-        TypeDef::artifact("checkpoint", "Model weights (safetensors) with their parameter contract and digest."),
-        TypeDef::artifact("gradient", "A dense (pseudo-)gradient over the contract's trainable tensors, in contract order."),
-        TypeDef::artifact("compressed", "An encoded gradient blob (a codec's wire format)."),
+        TypeDef::artifact(
+            "checkpoint",
+            "Model weights (safetensors) with their parameter contract and digest.",
+        ),
+        TypeDef::artifact(
+            "gradient",
+            "A dense (pseudo-)gradient over the contract's trainable tensors, in contract order.",
+        ),
+        TypeDef::artifact(
+            "compressed",
+            "An encoded gradient blob (a codec's wire format).",
+        ),
         TypeDef::artifact("blob", "Opaque bytes with a digest."),
-        TypeDef::artifact("model", "A model repository at a pinned revision (files, config, safetensors headers)."),
+        TypeDef::artifact(
+            "model",
+            "A model repository at a pinned revision (files, config, safetensors headers).",
+        ),
         TypeDef::scalar("revision", "A hub commit SHA (or a store version)."),
         TypeDef::scalar("digest", "A blake3 content digest, hex."),
         TypeDef::artifact("scores", "A score per miner uid."),
-        TypeDef::artifact("verdicts", "Signed verdicts: per miner, the checks passed and failed, with reasons."),
-        TypeDef::artifact("receipt", "A miner's signed receipt of the work it produced for a job."),
+        TypeDef::artifact(
+            "verdicts",
+            "Signed verdicts: per miner, the checks passed and failed, with reasons.",
+        ),
+        TypeDef::artifact(
+            "receipt",
+            "A miner's signed receipt of the work it produced for a job.",
+        ),
         TypeDef::record(
             "job",
             "An orchestrator-signed job: fragment, token shard, checkpoint revision, deadline.",
-            vec![("uid", Type::Int), ("fragment", Type::Int), ("shard", Type::Text), ("deadline", Type::Int)],
+            vec![
+                ("uid", Type::Int),
+                ("fragment", Type::Int),
+                ("shard", Type::Text),
+                ("deadline", Type::Int),
+            ],
         ),
         TypeDef::artifact("weights", "u16 weights per uid, as set on chain."),
         TypeDef::record(
             "fragment",
             "A slice of the trainable tensors of a parameter contract.",
-            vec![("index", Type::Int), ("tensors", Type::list(Type::Text)), ("params", Type::Int)],
+            vec![
+                ("index", Type::Int),
+                ("tensors", Type::list(Type::Text)),
+                ("params", Type::Int),
+            ],
         ),
         TypeDef::record(
             "miner",
@@ -55,8 +82,14 @@ pub fn register(registry: &mut Registry) {
                 ("block", Type::Int),
             ],
         ),
-        TypeDef::artifact("fragment-state", "The absolute values of one fragment's tensors after a miner trained it."),
-        TypeDef::artifact("prompts", "Prompts seeded from a block hash, with the teacher's continuations."),
+        TypeDef::artifact(
+            "fragment-state",
+            "The absolute values of one fragment's tensors after a miner trained it.",
+        ),
+        TypeDef::artifact(
+            "prompts",
+            "Prompts seeded from a block hash, with the teacher's continuations.",
+        ),
     ] {
         registry.register_type(def);
     }

@@ -1,11 +1,11 @@
 //! `assign`: the orchestrator's job board — each miner gets a fragment and a token shard for
 //! this window, in a job signed by the orchestrator and published to the store.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -45,7 +45,8 @@ fn default_deadline() -> Value<u32> {
 
 impl StageKind for Assign {
     const NAME: &'static str = "assign";
-    const DESCRIPTION: &'static str = "Assign fragments and token shards to miners as orchestrator-signed jobs.";
+    const DESCRIPTION: &'static str =
+        "Assign fragments and token shards to miners as orchestrator-signed jobs.";
 
     fn inputs(&self) -> Vec<Port> {
         vec![
@@ -56,24 +57,47 @@ impl StageKind for Assign {
     }
 
     fn outputs(&self) -> Vec<Port> {
-        vec![Port::new("jobs", Type::list(JOB), "One signed job per miner.")]
+        vec![Port::new(
+            "jobs",
+            Type::list(JOB),
+            "One signed job per miner.",
+        )]
     }
 
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
-        let mut out: Vec<Diagnostic> =
-            require_resource(cx.resources.store.is_some(), "store", "publishing jobs", cx, "jobs").into_iter().collect();
+        let mut out: Vec<Diagnostic> = require_resource(
+            cx.resources.store.is_some(),
+            "store",
+            "publishing jobs",
+            cx,
+            "jobs",
+        )
+        .into_iter()
+        .collect();
         if cx.resources.keys.is_none() {
             out.push(
-                Diagnostic::error("missing-resource", "signing jobs needs `resources.keys.signing`")
-                    .at(cx.span_of("fragments"))
-                    .hint("e.g. `keys: { signing: { env: ORCHESTRATOR_KEY } }`"),
+                Diagnostic::error(
+                    "missing-resource",
+                    "signing jobs needs `resources.keys.signing`",
+                )
+                .at(cx.span_of("fragments"))
+                .hint("e.g. `keys: { signing: { env: ORCHESTRATOR_KEY } }`"),
             );
         }
         out
     }
 
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
-        vec![Effect::write("store", cx.store(), format!("{}/<cycle.window>/<uid>.json", cx.render(&self.jobs)))
-            .note(format!("signed jobs over shards in {}", cx.render(&self.data)))]
+        vec![
+            Effect::write(
+                "store",
+                cx.store(),
+                format!("{}/<cycle.window>/<uid>.json", cx.render(&self.jobs)),
+            )
+            .note(format!(
+                "signed jobs over shards in {}",
+                cx.render(&self.data)
+            )),
+        ]
     }
 }

@@ -2,11 +2,11 @@
 //! repo and revision) or weights computed from scores. Idempotent: a value already on chain
 //! is not committed again.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -87,16 +87,29 @@ fn default_epsilon() -> Value<f64> {
 
 impl StageKind for Commit {
     const NAME: &'static str = "commit";
-    const DESCRIPTION: &'static str = "Write a commitment (revision SHA, hash) or weights from scores to the chain, once.";
+    const DESCRIPTION: &'static str =
+        "Write a commitment (revision SHA, hash) or weights from scores to the chain, once.";
 
     fn inputs(&self) -> Vec<Port> {
-        vec![Port::new("scores", SCORES, "The scores weights are computed from.")]
+        vec![Port::new(
+            "scores",
+            SCORES,
+            "The scores weights are computed from.",
+        )]
     }
 
     fn outputs(&self) -> Vec<Port> {
         let mut ports = vec![
-            Port::new("block", Type::Int, "The block the extrinsic was included in (or where the value already was)."),
-            Port::new("extrinsic", Type::Text, "The extrinsic hash; empty when skipped as already committed."),
+            Port::new(
+                "block",
+                Type::Int,
+                "The block the extrinsic was included in (or where the value already was).",
+            ),
+            Port::new(
+                "extrinsic",
+                Type::Text,
+                "The extrinsic hash; empty when skipped as already committed.",
+            ),
         ];
         if self.what == What::Weights {
             ports.push(Port::new("weights", WEIGHTS, "The u16 weights set."));
@@ -105,11 +118,21 @@ impl StageKind for Commit {
     }
 
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
-        let mut out: Vec<Diagnostic> =
-            require_resource(cx.resources.chain.is_some(), "chain", "writing to the chain", cx, "what").into_iter().collect();
+        let mut out: Vec<Diagnostic> = require_resource(
+            cx.resources.chain.is_some(),
+            "chain",
+            "writing to the chain",
+            cx,
+            "what",
+        )
+        .into_iter()
+        .collect();
         match self.what {
             What::Commitment => {
-                let empty = self.commitment.as_ref().is_none_or(|c| c.repo.is_none() && c.revision.is_none() && c.digest.is_none());
+                let empty = self
+                    .commitment
+                    .as_ref()
+                    .is_none_or(|c| c.repo.is_none() && c.revision.is_none() && c.digest.is_none());
                 if empty {
                     out.push(
                         Diagnostic::error("missing-setting", "`what: commitment` needs `commitment:` with `repo`, `revision` or `digest`")
@@ -119,15 +142,30 @@ impl StageKind for Commit {
             }
             What::Weights => {
                 if self.scores.is_none() {
-                    out.push(Diagnostic::error("missing-setting", "`what: weights` needs input `scores`").at(cx.span_of("what")));
+                    out.push(
+                        Diagnostic::error(
+                            "missing-setting",
+                            "`what: weights` needs input `scores`",
+                        )
+                        .at(cx.span_of("what")),
+                    );
                 }
                 if self.policy == WeightPolicy::TopN && self.top_n.is_none() {
-                    out.push(Diagnostic::error("missing-setting", "`policy: top-n` needs `top_n`").at(cx.span_of("policy")));
+                    out.push(
+                        Diagnostic::error("missing-setting", "`policy: top-n` needs `top_n`")
+                            .at(cx.span_of("policy")),
+                    );
                 }
                 if let Value::Lit(b) = self.burn
                     && !(0.0..=1.0).contains(&b)
                 {
-                    out.push(Diagnostic::error("invalid-value", format!("`burn` is a fraction in [0, 1], got {b}")).at(cx.span_of("burn")));
+                    out.push(
+                        Diagnostic::error(
+                            "invalid-value",
+                            format!("`burn` is a fraction in [0, 1], got {b}"),
+                        )
+                        .at(cx.span_of("burn")),
+                    );
                 }
             }
         }
@@ -146,22 +184,44 @@ impl StageKind for Commit {
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
                 .collect();
-                Effect::write("chain", cx.chain(), format!("Commitments.set_commitment({})", fields.join(", ")))
+                Effect::write(
+                    "chain",
+                    cx.chain(),
+                    format!("Commitments.set_commitment({})", fields.join(", ")),
+                )
             }
             What::Weights => {
                 let policy = match self.policy {
                     WeightPolicy::Normalized => "normalized".to_owned(),
-                    WeightPolicy::WinnerTakeAll => format!("winner-take-all, epsilon {}", cx.render(&self.epsilon)),
-                    WeightPolicy::TopN => format!("top {}", cx.render_opt(&self.top_n).unwrap_or_default()),
+                    WeightPolicy::WinnerTakeAll => {
+                        format!("winner-take-all, epsilon {}", cx.render(&self.epsilon))
+                    }
+                    WeightPolicy::TopN => {
+                        format!("top {}", cx.render_opt(&self.top_n).unwrap_or_default())
+                    }
                 };
-                Effect::write("chain", cx.chain(), format!("SubtensorModule.set_weights(version_key {})", cx.render(&self.version_key)))
-                    .note(policy)
+                Effect::write(
+                    "chain",
+                    cx.chain(),
+                    format!(
+                        "SubtensorModule.set_weights(version_key {})",
+                        cx.render(&self.version_key)
+                    ),
+                )
+                .note(policy)
             }
         };
         let note = match effect.note.as_deref() {
             Some(policy) => format!("{policy}; signed extrinsic, costs a fee"),
             None => "signed extrinsic, costs a fee".to_owned(),
         };
-        vec![Effect::read("chain", cx.chain(), "the current value, to skip a commit already made"), effect.note(note)]
+        vec![
+            Effect::read(
+                "chain",
+                cx.chain(),
+                "the current value, to skip a commit already made",
+            ),
+            effect.note(note),
+        ]
     }
 }

@@ -1,11 +1,11 @@
 //! `read-commitment`: read one neuron's latest commitment — how a miner learns the exact
 //! revision its validator published.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -29,7 +29,8 @@ pub struct ReadCommitment {
 
 impl StageKind for ReadCommitment {
     const NAME: &'static str = "read-commitment";
-    const DESCRIPTION: &'static str = "Read one neuron's latest commitment (repo, revision, digest) from the chain.";
+    const DESCRIPTION: &'static str =
+        "Read one neuron's latest commitment (repo, revision, digest) from the chain.";
 
     fn inputs(&self) -> Vec<Port> {
         Vec::new()
@@ -45,11 +46,19 @@ impl StageKind for ReadCommitment {
     }
 
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
-        let mut out: Vec<Diagnostic> =
-            require_resource(cx.resources.chain.is_some(), "chain", "reading a commitment", cx, "uid").into_iter().collect();
+        let mut out: Vec<Diagnostic> = require_resource(
+            cx.resources.chain.is_some(),
+            "chain",
+            "reading a commitment",
+            cx,
+            "uid",
+        )
+        .into_iter()
+        .collect();
         if self.hotkey.is_some() == self.uid.is_some() {
             out.push(
-                Diagnostic::error("invalid-value", "give exactly one of `hotkey` or `uid`").at(cx.span_of("uid")),
+                Diagnostic::error("invalid-value", "give exactly one of `hotkey` or `uid`")
+                    .at(cx.span_of("uid")),
             );
         }
         out
@@ -61,6 +70,10 @@ impl StageKind for ReadCommitment {
             (_, Some(u)) => format!("uid {}", cx.render(u)),
             _ => String::new(),
         };
-        vec![Effect::read("chain", cx.chain(), format!("Commitments.CommitmentOf({who})"))]
+        vec![Effect::read(
+            "chain",
+            cx.chain(),
+            format!("Commitments.CommitmentOf({who})"),
+        )]
     }
 }

@@ -1,11 +1,11 @@
 //! `compress`: encode a gradient with a sparse codec, keeping what was dropped as an
 //! error-feedback residual for the next cycle.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +53,8 @@ fn yes() -> bool {
 
 impl StageKind for Compress {
     const NAME: &'static str = "compress";
-    const DESCRIPTION: &'static str = "Encode a gradient (top-K f16, or gradline's smaller codec) with error feedback.";
+    const DESCRIPTION: &'static str =
+        "Encode a gradient (top-K f16, or gradline's smaller codec) with error feedback.";
 
     fn inputs(&self) -> Vec<Port> {
         vec![Port::new("gradient", GRADIENT, "The gradient to encode.")]
@@ -70,9 +71,12 @@ impl StageKind for Compress {
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
         match self.density {
             Value::Lit(d) if !(d > 0.0 && d <= 1.0) => vec![
-                Diagnostic::error("invalid-value", format!("`density` is a fraction in (0, 1], got {d}"))
-                    .at(cx.span_of("density"))
-                    .hint("0.01 keeps 1% of the values"),
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`density` is a fraction in (0, 1], got {d}"),
+                )
+                .at(cx.span_of("density"))
+                .hint("0.01 keeps 1% of the values"),
             ],
             _ => Vec::new(),
         }
@@ -83,7 +87,17 @@ impl StageKind for Compress {
             Codec::TopkF16 => "topk-f16",
             Codec::TopkDelta8 => "topk-delta8",
         };
-        let feedback = if self.error_feedback { ", error feedback" } else { "" };
-        vec![Effect::compute(None, format!("encode {codec} at density {}{feedback}", cx.render(&self.density)))]
+        let feedback = if self.error_feedback {
+            ", error feedback"
+        } else {
+            ""
+        };
+        vec![Effect::compute(
+            None,
+            format!(
+                "encode {codec} at density {}{feedback}",
+                cx.render(&self.density)
+            ),
+        )]
     }
 }

@@ -2,11 +2,11 @@
 //! validator's HTTP endpoint, or from the object store — trying sources in order, verifying
 //! the digest, writing atomically, refusing anything over the size cap.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::{ByteSize, Value};
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +105,11 @@ impl StageKind for Download {
             Port::new(name, ty, "The verified artifact."),
             Port::new("revision", REVISION, "The revision it was fetched at."),
             Port::new("digest", DIGEST, "Its blake3 digest."),
-            Port::new("source", Type::Text, "Which source served it: hub, http or store."),
+            Port::new(
+                "source",
+                Type::Text,
+                "Which source served it: hub, http or store.",
+            ),
         ]
     }
 
@@ -113,24 +117,47 @@ impl StageKind for Download {
         let mut out = Vec::new();
         if self.from.is_empty() {
             out.push(
-                Diagnostic::error("invalid-value", "`from` lists no source").at(cx.span_of("from")).hint("e.g. `from: [hub, http, store]`"),
+                Diagnostic::error("invalid-value", "`from` lists no source")
+                    .at(cx.span_of("from"))
+                    .hint("e.g. `from: [hub, http, store]`"),
             );
         }
         let r = cx.resources;
         for source in &self.from {
             let found = match source {
-                Source::Hub => require_resource(r.hub.is_some(), "hub", "downloading from the hub", cx, "from"),
-                Source::Http => require_resource(r.http.is_some(), "http", "downloading from the HTTP endpoint", cx, "from"),
-                Source::Store => require_resource(r.store.is_some(), "store", "downloading from the store", cx, "from"),
+                Source::Hub => require_resource(
+                    r.hub.is_some(),
+                    "hub",
+                    "downloading from the hub",
+                    cx,
+                    "from",
+                ),
+                Source::Http => require_resource(
+                    r.http.is_some(),
+                    "http",
+                    "downloading from the HTTP endpoint",
+                    cx,
+                    "from",
+                ),
+                Source::Store => require_resource(
+                    r.store.is_some(),
+                    "store",
+                    "downloading from the store",
+                    cx,
+                    "from",
+                ),
             };
             out.extend(found);
         }
         let hub_repo = self.repo.is_some() || r.hub.as_ref().is_some_and(|h| h.repo.is_some());
         if self.from.contains(&Source::Hub) && r.hub.is_some() && !hub_repo {
             out.push(
-                Diagnostic::error("missing-setting", "downloading from the hub needs a repository")
-                    .at(cx.span_of("from"))
-                    .hint("set `repo:` on this stage or `resources.hub.repo`"),
+                Diagnostic::error(
+                    "missing-setting",
+                    "downloading from the hub needs a repository",
+                )
+                .at(cx.span_of("from"))
+                .hint("set `repo:` on this stage or `resources.hub.repo`"),
             );
         }
         out
@@ -145,7 +172,10 @@ impl StageKind for Download {
             .map(|(i, source)| {
                 let effect = match source {
                     Source::Hub => {
-                        let repo = cx.render_opt(&self.repo).or_else(|| cx.hub_repo()).unwrap_or_default();
+                        let repo = cx
+                            .render_opt(&self.repo)
+                            .or_else(|| cx.hub_repo())
+                            .unwrap_or_default();
                         let revision = cx.render_opt(&self.revision);
                         let pin = match &revision {
                             Some(_) => "pinned",
@@ -157,7 +187,11 @@ impl StageKind for Download {
                     Source::Http => Effect::read("http", cx.http(), "GET /get-checkpoint"),
                     Source::Store => Effect::read("store", cx.store(), object.clone()),
                 };
-                let mut note = effect.note.clone().map(|n| format!("{n}; ")).unwrap_or_default();
+                let mut note = effect
+                    .note
+                    .clone()
+                    .map(|n| format!("{n}; "))
+                    .unwrap_or_default();
                 note.push_str(&match i {
                     0 if total == 1 => format!("cap {}", self.max_bytes),
                     0 => format!("first of {total} sources, cap {}", self.max_bytes),
@@ -166,7 +200,10 @@ impl StageKind for Download {
                 if let Some(d) = cx.render_opt(&self.digest) {
                     note.push_str(&format!("; digest must be {d}"));
                 }
-                Effect { note: Some(note), ..effect }
+                Effect {
+                    note: Some(note),
+                    ..effect
+                }
             })
             .collect()
     }

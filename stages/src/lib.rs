@@ -45,9 +45,64 @@ pub(crate) fn require_resource(
     (!present).then(|| {
         gradline_engine::Diagnostic::error(
             "missing-resource",
-            format!("{stage_needs} needs `resources.{resource}`, which this pipeline does not declare"),
+            format!(
+                "{stage_needs} needs `resources.{resource}`, which this pipeline does not declare"
+            ),
         )
         .at(cx.span_of(key))
-        .hint(format!("add `{resource}:` under `resources:` (see the README for its embedded default)"))
+        .hint(format!(
+            "add `{resource}:` under `resources:` (see the README for its embedded default)"
+        ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use gradline_engine::types::Type;
+
+    const PIPELINE: &str = "version: 1\nname: t\nrole: validator\nresources:\n  store: { url: \"memory://\" }\n  hub: { endpoint: \"local://hub\", repo: o/r }\n  chain: { url: \"local://chain\", netuid: 1 }\n  keys: { signing: { generated: v } }\nstages:\n  m: { uses: miners }\n  c: { uses: download, with: { from: [hub, store], object: x } }\n  s: { uses: merge, with: { mode: split, checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  j: { uses: assign, with: { fragments: \"${{ stages.s.outputs.fragments }}\", miners: \"${{ stages.m.outputs.miners }}\", checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  t: { uses: train, with: { checkpoint: \"${{ stages.c.outputs.checkpoint }}\", uid: 1 } }\n  z: { uses: compress, with: { gradient: \"${{ stages.t.outputs.gradient }}\" } }\n  v: { uses: verify, with: { mode: loss-delta, miners: \"${{ stages.m.outputs.miners }}\", gradients: \"${{ stages.g.outputs.compressed }}\", checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  g: { uses: download, for_each: \"${{ stages.m.outputs.miners }}\", with: { from: [store], as: compressed, object: \"${{ item.uid }}\" } }\n  p: { uses: publish, with: { target: hub, artifact: \"${{ stages.z.outputs.compressed }}\" } }\n  w: { uses: commit, with: { what: weights, scores: \"${{ stages.v.outputs.scores }}\" } }\n  r: { uses: read-commitment, with: { uid: 0 } }\n";
+
+    #[test]
+    fn the_design_kinds_are_registered() {
+        let registry = super::registry();
+        for kind in [
+            "download", "train", "compress", "verify", "merge", "publish", "commit",
+        ] {
+            assert!(registry.kind(kind).is_some(), "{kind} is not registered");
+        }
+    }
+
+    #[test]
+    fn every_port_type_is_a_registered_type() {
+        let registry = super::registry();
+        let loaded = gradline_engine::load("t.yaml", PIPELINE, &registry, &[]);
+        assert!(!loaded.has_errors(), "{}", loaded.render());
+        let pipeline = loaded.pipeline.unwrap();
+        let kinds: std::collections::BTreeSet<&str> =
+            pipeline.stages.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds.len(),
+            registry.kinds().count(),
+            "the fixture should use every kind"
+        );
+        fn named(ty: &Type) -> Option<&'static str> {
+            match ty {
+                Type::Named(n) => Some(n),
+                Type::List(inner) => named(inner),
+                _ => None,
+            }
+        }
+        for stage in &pipeline.stages {
+            for port in stage.inputs.iter().chain(&stage.outputs) {
+                if let Some(name) = named(&port.ty) {
+                    assert!(
+                        registry.type_def(name).is_some(),
+                        "{}: port {} has unregistered type {name}",
+                        stage.id,
+                        port.name
+                    );
+                }
+            }
+        }
+    }
 }

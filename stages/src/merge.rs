@@ -2,15 +2,17 @@
 //! checkpoint's trainable tensors into fragments; release a full checkpoint from the latest
 //! absolute fragment states plus the base tree.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::artifacts::{CHECKPOINT, COMPRESSED, DIGEST, FRAGMENT, FRAGMENT_STATE, SCORES, VERDICTS};
+use crate::artifacts::{
+    CHECKPOINT, COMPRESSED, DIGEST, FRAGMENT, FRAGMENT_STATE, SCORES, VERDICTS,
+};
 
 /// Merge accepted work into the next checkpoint.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -106,16 +108,28 @@ impl StageKind for Merge {
             Port::new("checkpoint", CHECKPOINT, "The checkpoint merged into."),
             Port::new("gradients", Type::list(COMPRESSED), "Accepted gradients."),
             Port::new("scores", SCORES, "Scores weighting them."),
-            Port::new("states", Type::list(FRAGMENT_STATE), "Accepted fragment states."),
+            Port::new(
+                "states",
+                Type::list(FRAGMENT_STATE),
+                "Accepted fragment states.",
+            ),
             Port::new("verdicts", VERDICTS, "Verdicts on the fragment states."),
         ]
     }
 
     fn outputs(&self) -> Vec<Port> {
         match self.mode {
-            MergeMode::Split => vec![Port::new("fragments", Type::list(FRAGMENT), "The fragments, balanced by size.")],
+            MergeMode::Split => vec![Port::new(
+                "fragments",
+                Type::list(FRAGMENT),
+                "The fragments, balanced by size.",
+            )],
             MergeMode::Apply | MergeMode::Release => vec![
-                Port::new("checkpoint", CHECKPOINT, "The next checkpoint, with its contract."),
+                Port::new(
+                    "checkpoint",
+                    CHECKPOINT,
+                    "The next checkpoint, with its contract.",
+                ),
                 Port::new("digest", DIGEST, "Its canonical digest."),
             ],
         }
@@ -123,7 +137,11 @@ impl StageKind for Merge {
 
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
         let missing = |port: &str, mode: &str| {
-            Diagnostic::error("missing-setting", format!("`mode: {mode}` needs input `{port}`")).at(cx.span_of("mode"))
+            Diagnostic::error(
+                "missing-setting",
+                format!("`mode: {mode}` needs input `{port}`"),
+            )
+            .at(cx.span_of("mode"))
         };
         let mut out = Vec::new();
         match self.mode {
@@ -132,12 +150,21 @@ impl StageKind for Merge {
             _ => {}
         }
         if let Value::Lit(0) = self.fragments {
-            out.push(Diagnostic::error("invalid-value", "`fragments` must be at least 1").at(cx.span_of("fragments")));
+            out.push(
+                Diagnostic::error("invalid-value", "`fragments` must be at least 1")
+                    .at(cx.span_of("fragments")),
+            );
         }
         if let Value::Lit(t) = self.trim
             && !(0.0..0.5).contains(&t)
         {
-            out.push(Diagnostic::error("invalid-value", format!("`trim` is a fraction in [0, 0.5), got {t}")).at(cx.span_of("trim")));
+            out.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`trim` is a fraction in [0, 0.5), got {t}"),
+                )
+                .at(cx.span_of("trim")),
+            );
         }
         out
     }
@@ -151,8 +178,14 @@ impl StageKind for Merge {
                 cx.render(&self.lr)
             )
             .to_lowercase(),
-            MergeMode::Split => format!("split trainable tensors into {} fragments", cx.render(&self.fragments)),
-            MergeMode::Release => "release a full checkpoint from the latest fragment states and the base tree".to_owned(),
+            MergeMode::Split => format!(
+                "split trainable tensors into {} fragments",
+                cx.render(&self.fragments)
+            ),
+            MergeMode::Release => {
+                "release a full checkpoint from the latest fragment states and the base tree"
+                    .to_owned()
+            }
         };
         vec![Effect::compute(None, what)]
     }

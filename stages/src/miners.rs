@@ -1,11 +1,11 @@
 //! `miners`: read the subnet's registered neurons and their latest commitments from the
 //! chain — the list a validator fans out over.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -33,7 +33,8 @@ fn yes() -> bool {
 
 impl StageKind for Miners {
     const NAME: &'static str = "miners";
-    const DESCRIPTION: &'static str = "Read the subnet's registered miners (uid, hotkey, latest commitment) from the chain.";
+    const DESCRIPTION: &'static str =
+        "Read the subnet's registered miners (uid, hotkey, latest commitment) from the chain.";
 
     fn inputs(&self) -> Vec<Port> {
         Vec::new()
@@ -47,7 +48,15 @@ impl StageKind for Miners {
     }
 
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
-        require_resource(cx.resources.chain.is_some(), "chain", "reading the miner list", cx, "commitments").into_iter().collect()
+        require_resource(
+            cx.resources.chain.is_some(),
+            "chain",
+            "reading the miner list",
+            cx,
+            "commitments",
+        )
+        .into_iter()
+        .collect()
     }
 
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {

@@ -1,11 +1,11 @@
 //! `publish`: upload an artifact to the object store or the hub. A hub upload returns the
 //! commit SHA; publishing pipelines also write a model card, tags and branches.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +116,11 @@ impl StageKind for Publish {
 
     fn outputs(&self) -> Vec<Port> {
         vec![
-            Port::new("revision", REVISION, "The hub commit SHA (or the store object's version)."),
+            Port::new(
+                "revision",
+                REVISION,
+                "The hub commit SHA (or the store object's version).",
+            ),
             Port::new("digest", DIGEST, "The uploaded artifact's digest."),
             Port::new("url", Type::Text, "Where it can be fetched."),
         ]
@@ -126,20 +130,42 @@ impl StageKind for Publish {
         let mut out = Vec::new();
         if self.artifact.is_none() && self.files.is_empty() {
             out.push(
-                Diagnostic::error("missing-setting", "nothing to publish: give `artifact:` or `files:`")
-                    .at(cx.span_of("target")),
+                Diagnostic::error(
+                    "missing-setting",
+                    "nothing to publish: give `artifact:` or `files:`",
+                )
+                .at(cx.span_of("target")),
             );
         }
         match self.target {
             Target::Store => {
-                out.extend(require_resource(cx.resources.store.is_some(), "store", "publishing to the store", cx, "target"));
+                out.extend(require_resource(
+                    cx.resources.store.is_some(),
+                    "store",
+                    "publishing to the store",
+                    cx,
+                    "target",
+                ));
                 if self.key.is_none() {
-                    out.push(Diagnostic::error("missing-setting", "publishing to the store needs `key:`").at(cx.span_of("target")));
+                    out.push(
+                        Diagnostic::error(
+                            "missing-setting",
+                            "publishing to the store needs `key:`",
+                        )
+                        .at(cx.span_of("target")),
+                    );
                 }
             }
             Target::Hub => {
-                out.extend(require_resource(cx.resources.hub.is_some(), "hub", "publishing to the hub", cx, "target"));
-                let configured = self.repo.is_some() || cx.resources.hub.as_ref().is_some_and(|h| h.repo.is_some());
+                out.extend(require_resource(
+                    cx.resources.hub.is_some(),
+                    "hub",
+                    "publishing to the hub",
+                    cx,
+                    "target",
+                ));
+                let configured = self.repo.is_some()
+                    || cx.resources.hub.as_ref().is_some_and(|h| h.repo.is_some());
                 if cx.resources.hub.is_some() && !configured {
                     out.push(
                         Diagnostic::error("missing-setting", "publishing to the hub needs a repository")
@@ -160,14 +186,30 @@ impl StageKind for Publish {
         let what = what.join(", ");
         match self.target {
             Target::Store => {
-                vec![Effect::write("store", cx.store(), cx.render_opt(&self.key).unwrap_or_default()).note(format!("upload {what}"))]
+                vec![
+                    Effect::write(
+                        "store",
+                        cx.store(),
+                        cx.render_opt(&self.key).unwrap_or_default(),
+                    )
+                    .note(format!("upload {what}")),
+                ]
             }
             Target::Hub => {
-                let repo = cx.render_opt(&self.repo).or_else(|| cx.hub_repo()).unwrap_or_default();
+                let repo = cx
+                    .render_opt(&self.repo)
+                    .or_else(|| cx.hub_repo())
+                    .unwrap_or_default();
                 let path = match (&self.path, &self.naming) {
                     (Some(p), _) => cx.render(p),
                     (None, Some(n)) => {
-                        format!("{}-{}-{}.{}", cx.render(&n.name), cx.render(&n.size), cx.render(&n.quant), cx.render(&n.ext))
+                        format!(
+                            "{}-{}-{}.{}",
+                            cx.render(&n.name),
+                            cx.render(&n.size),
+                            cx.render(&n.quant),
+                            cx.render(&n.ext)
+                        )
                     }
                     (None, None) => what.clone(),
                 };
@@ -183,15 +225,29 @@ impl StageKind for Publish {
                     }
                     None => "no hub".into(),
                 };
-                let mut effects = vec![Effect::write("hub", cx.hub(), format!("{repo}@{}: commit {path}", cx.render(&self.branch))).note(token)];
+                let mut effects = vec![
+                    Effect::write(
+                        "hub",
+                        cx.hub(),
+                        format!("{repo}@{}: commit {path}", cx.render(&self.branch)),
+                    )
+                    .note(token),
+                ];
                 if self.card.is_some() {
-                    effects.push(Effect::write("hub", cx.hub(), format!("{repo}@{}: README.md (model card)", cx.render(&self.branch))));
+                    effects.push(Effect::write(
+                        "hub",
+                        cx.hub(),
+                        format!("{repo}@{}: README.md (model card)", cx.render(&self.branch)),
+                    ));
                 }
                 if let Some(tag) = cx.render_opt(&self.tag) {
                     effects.push(Effect::write("hub", cx.hub(), format!("{repo}: tag {tag}")));
                 }
                 if self.create_repo {
-                    effects.insert(0, Effect::write("hub", cx.hub(), format!("create {repo} if missing")));
+                    effects.insert(
+                        0,
+                        Effect::write("hub", cx.hub(), format!("create {repo} if missing")),
+                    );
                 }
                 effects
             }

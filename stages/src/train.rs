@@ -1,11 +1,11 @@
 //! `train`: load a checkpoint, run inner steps on the batch assigned to this miner for this
 //! window, and emit the pseudo-gradient (θ_start − θ_end) with the losses.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -104,7 +104,8 @@ fn default_seed() -> Value<String> {
 
 impl StageKind for Train {
     const NAME: &'static str = "train";
-    const DESCRIPTION: &'static str = "Train on the assigned batch with burn; emit the pseudo-gradient and losses.";
+    const DESCRIPTION: &'static str =
+        "Train on the assigned batch with burn; emit the pseudo-gradient and losses.";
 
     fn inputs(&self) -> Vec<Port> {
         vec![
@@ -115,42 +116,85 @@ impl StageKind for Train {
 
     fn outputs(&self) -> Vec<Port> {
         let mut ports = vec![
-            Port::new("gradient", GRADIENT, "θ_start − θ_end over the trainable tensors, in contract order."),
-            Port::new("loss_before", Type::Float, "Loss on the batch before training."),
-            Port::new("loss_after", Type::Float, "Loss on the batch after training."),
+            Port::new(
+                "gradient",
+                GRADIENT,
+                "θ_start − θ_end over the trainable tensors, in contract order.",
+            ),
+            Port::new(
+                "loss_before",
+                Type::Float,
+                "Loss on the batch before training.",
+            ),
+            Port::new(
+                "loss_after",
+                Type::Float,
+                "Loss on the batch after training.",
+            ),
             Port::new("tokens", Type::Int, "Tokens trained on."),
             Port::new("receipt", RECEIPT, "A signed receipt of what was produced."),
         ];
         if self.job.is_some() {
-            ports.push(Port::new("state", FRAGMENT_STATE, "The job's fragment after training (absolute values)."));
+            ports.push(Port::new(
+                "state",
+                FRAGMENT_STATE,
+                "The job's fragment after training (absolute values).",
+            ));
         }
         ports
     }
 
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
-        let mut out: Vec<Diagnostic> =
-            require_resource(cx.resources.store.is_some(), "store", "reading token shards", cx, "data").into_iter().collect();
+        let mut out: Vec<Diagnostic> = require_resource(
+            cx.resources.store.is_some(),
+            "store",
+            "reading token shards",
+            cx,
+            "data",
+        )
+        .into_iter()
+        .collect();
         match (self.model, &self.shape) {
             (ModelPreset::Custom, None) => out.push(
-                Diagnostic::error("missing-setting", "`model: custom` needs `shape:` (layers, dim, heads, context, vocab)")
-                    .at(cx.span_of("model")),
+                Diagnostic::error(
+                    "missing-setting",
+                    "`model: custom` needs `shape:` (layers, dim, heads, context, vocab)",
+                )
+                .at(cx.span_of("model")),
             ),
-            (ModelPreset::Custom, Some(shape)) if shape.heads == 0 || shape.dim % shape.heads != 0 => out.push(
-                Diagnostic::error("invalid-value", format!("`dim` ({}) must be a multiple of `heads` ({})", shape.dim, shape.heads))
+            (ModelPreset::Custom, Some(shape))
+                if shape.heads == 0 || shape.dim % shape.heads != 0 =>
+            {
+                out.push(
+                    Diagnostic::error(
+                        "invalid-value",
+                        format!(
+                            "`dim` ({}) must be a multiple of `heads` ({})",
+                            shape.dim, shape.heads
+                        ),
+                    )
                     .at(cx.span_of("shape")),
-            ),
+                )
+            }
             (ModelPreset::Tiny | ModelPreset::NanoGpt10m, Some(_)) => out.push(
-                Diagnostic::error("invalid-value", "`shape:` is only for `model: custom`").at(cx.span_of("shape")),
+                Diagnostic::error("invalid-value", "`shape:` is only for `model: custom`")
+                    .at(cx.span_of("shape")),
             ),
             _ => {}
         }
         if let Value::Lit(0) = self.steps {
-            out.push(Diagnostic::error("invalid-value", "`steps` must be at least 1").at(cx.span_of("steps")));
+            out.push(
+                Diagnostic::error("invalid-value", "`steps` must be at least 1")
+                    .at(cx.span_of("steps")),
+            );
         }
         if let Value::Lit(lr) = self.lr
             && !(lr > 0.0 && lr.is_finite())
         {
-            out.push(Diagnostic::error("invalid-value", format!("`lr` must be positive, got {lr}")).at(cx.span_of("lr")));
+            out.push(
+                Diagnostic::error("invalid-value", format!("`lr` must be positive, got {lr}"))
+                    .at(cx.span_of("lr")),
+            );
         }
         out
     }
@@ -160,11 +204,22 @@ impl StageKind for Train {
             ModelPreset::Tiny => "tiny".to_owned(),
             ModelPreset::NanoGpt10m => "nanogpt-10m".to_owned(),
             ModelPreset::Custom => self.shape.as_ref().map_or("custom".into(), |s| {
-                format!("custom {}L×{}d×{}h ctx {} vocab {}", s.layers, s.dim, s.heads, s.context, s.vocab)
+                format!(
+                    "custom {}L×{}d×{}h ctx {} vocab {}",
+                    s.layers, s.dim, s.heads, s.context, s.vocab
+                )
             }),
         };
         vec![
-            Effect::read("store", cx.store(), format!("{}/ (the shard assigned to uid {})", cx.render(&self.data), cx.render(&self.uid))),
+            Effect::read(
+                "store",
+                cx.store(),
+                format!(
+                    "{}/ (the shard assigned to uid {})",
+                    cx.render(&self.data),
+                    cx.render(&self.uid)
+                ),
+            ),
             Effect::compute(
                 Some(cx.device().to_string()),
                 format!(

@@ -2,15 +2,17 @@
 //! timing), loss-delta scoring of gradients, model pre-checks and KL scoring for the
 //! distillation contest. Emits verdicts (every rejection with its reason) and scores.
 
+use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
-use gradline_engine::Diagnostic;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::artifacts::{CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS};
+use crate::artifacts::{
+    CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
+};
 
 /// Verify and score miners' work.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -121,13 +123,22 @@ impl Verify {
 
 impl StageKind for Verify {
     const NAME: &'static str = "verify";
-    const DESCRIPTION: &'static str = "Check and score miners' gradients or models; emit signed verdicts and scores.";
+    const DESCRIPTION: &'static str =
+        "Check and score miners' gradients or models; emit signed verdicts and scores.";
 
     fn inputs(&self) -> Vec<Port> {
         vec![
             Port::new("miners", Type::list(MINER), "The miners judged."),
-            Port::new("gradients", Type::list(COMPRESSED), "Their encoded gradients."),
-            Port::new("states", Type::list(FRAGMENT_STATE), "Their fragment states."),
+            Port::new(
+                "gradients",
+                Type::list(COMPRESSED),
+                "Their encoded gradients.",
+            ),
+            Port::new(
+                "states",
+                Type::list(FRAGMENT_STATE),
+                "Their fragment states.",
+            ),
             Port::new("checkpoint", CHECKPOINT, "The current checkpoint."),
             Port::new("receipts", Type::list(RECEIPT), "Their signed receipts."),
             Port::new("models", Type::list(MODEL), "Their committed models."),
@@ -142,10 +153,22 @@ impl StageKind for Verify {
             Mode::ModelPrecheck | Mode::Kl => Type::list(MODEL),
         };
         vec![
-            Port::new("verdicts", VERDICTS, "Per miner: checks passed and failed, with reasons; signed."),
+            Port::new(
+                "verdicts",
+                VERDICTS,
+                "Per miner: checks passed and failed, with reasons; signed.",
+            ),
             Port::new("scores", SCORES, "Per miner uid."),
-            Port::new("accepted", accepted, "The work that passed, in miner order."),
-            Port::new("king", Type::Int, "kl: the uid holding the crown after this evaluation."),
+            Port::new(
+                "accepted",
+                accepted,
+                "The work that passed, in miner order.",
+            ),
+            Port::new(
+                "king",
+                Type::Int,
+                "kl: the uid holding the crown after this evaluation.",
+            ),
         ]
     }
 
@@ -156,21 +179,33 @@ impl StageKind for Verify {
             .iter()
             .filter(|p| !self.given(p))
             .map(|p| {
-                Diagnostic::error("missing-setting", format!("`mode: {mode}` needs input `{p}`"))
-                    .at(cx.span_of("mode"))
-                    .hint(format!("add `{p}: ${{{{ stages.ID.outputs.PORT }}}}`"))
+                Diagnostic::error(
+                    "missing-setting",
+                    format!("`mode: {mode}` needs input `{p}`"),
+                )
+                .at(cx.span_of("mode"))
+                .hint(format!("add `{p}: ${{{{ stages.ID.outputs.PORT }}}}`"))
             })
             .collect();
         if self.mode == Mode::ModelPrecheck && self.max_params.is_none() {
             out.push(
-                Diagnostic::error("missing-setting", "`mode: model-precheck` needs `max_params`")
-                    .at(cx.span_of("mode")),
+                Diagnostic::error(
+                    "missing-setting",
+                    "`mode: model-precheck` needs `max_params`",
+                )
+                .at(cx.span_of("mode")),
             );
         }
         if let Value::Lit(e) = self.epsilon
             && !(0.0..1.0).contains(&e)
         {
-            out.push(Diagnostic::error("invalid-value", format!("`epsilon` is a fraction in [0, 1), got {e}")).at(cx.span_of("epsilon")));
+            out.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`epsilon` is a fraction in [0, 1), got {e}"),
+                )
+                .at(cx.span_of("epsilon")),
+            );
         }
         out
     }
@@ -178,7 +213,10 @@ impl StageKind for Verify {
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
         let what = match self.mode {
             Mode::Integrity => "check digests, signatures, bounds and timing".to_owned(),
-            Mode::LossDelta => format!("apply each gradient at factor {}; loss on assigned and random batches", cx.render(&self.factor)),
+            Mode::LossDelta => format!(
+                "apply each gradient at factor {}; loss on assigned and random batches",
+                cx.render(&self.factor)
+            ),
             Mode::ModelPrecheck => format!(
                 "pre-check models: ≤ {} params from safetensors headers, vocab, dtype, copies",
                 cx.render_opt(&self.max_params).unwrap_or_default()
@@ -191,10 +229,18 @@ impl StageKind for Verify {
         };
         let mut effects = vec![Effect::compute(Some(cx.device().to_string()), what)];
         if matches!(self.mode, Mode::ModelPrecheck | Mode::Kl) {
-            effects.push(Effect::read("hub", cx.hub(), "each model at its committed revision (headers, config)"));
+            effects.push(Effect::read(
+                "hub",
+                cx.hub(),
+                "each model at its committed revision (headers, config)",
+            ));
         }
         if matches!(self.mode, Mode::Kl | Mode::ModelPrecheck) {
-            effects.push(Effect::read("chain", cx.chain(), "block hash and earlier commitments"));
+            effects.push(Effect::read(
+                "chain",
+                cx.chain(),
+                "block hash and earlier commitments",
+            ));
         }
         effects
     }

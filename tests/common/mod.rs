@@ -33,7 +33,10 @@ pub fn pipeline_files() -> Vec<String> {
 }
 
 pub fn relative(path: &Path) -> String {
-    path.strip_prefix(root()).unwrap().to_string_lossy().replace('\\', "/")
+    path.strip_prefix(root())
+        .unwrap()
+        .to_string_lossy()
+        .replace('\\', "/")
 }
 
 /// A plan environment where nothing is set, so plans do not depend on the machine.
