@@ -116,22 +116,37 @@ impl Diagnostic {
     }
 }
 
+/// The widest source excerpt shown; longer lines are cropped around the caret.
+const MAX_SHOWN: usize = 120;
+
 fn render_snippet(out: &mut String, file: &SourceFile, span: Span, note: Option<&str>) {
     let start = file.line_col(span.start);
-    let line = file.line_text(start.line);
+    let line: Vec<char> = file
+        .line_text(start.line)
+        .chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .collect();
     let gutter = start.line.to_string().len();
     let pad = " ".repeat(gutter);
     let _ = writeln!(out, "{pad}--> {}:{}:{}", file.name, start.line, start.col);
     let _ = writeln!(out, "{pad} |");
-    let _ = writeln!(out, "{} | {}", start.line, line.replace('\t', " "));
     let end = file.line_col(span.end.max(span.start));
+    let caret_at = start.col - 1;
     let width = if end.line == start.line {
         end.col.saturating_sub(start.col).max(1)
     } else {
-        line.chars().count().saturating_sub(start.col - 1).max(1)
+        line.len().saturating_sub(caret_at).max(1)
     };
-    let carets = "^".repeat(width);
-    let lead = " ".repeat(start.col - 1);
+    let from = caret_at.saturating_sub(MAX_SHOWN / 2).min(line.len());
+    let to = (from + MAX_SHOWN).min(line.len());
+    let shown: String = line[from..to].iter().collect();
+    let (open, close) = (
+        if from > 0 { "…" } else { "" },
+        if to < line.len() { "…" } else { "" },
+    );
+    let _ = writeln!(out, "{} | {open}{shown}{close}", start.line);
+    let lead = " ".repeat(caret_at - from + open.chars().count());
+    let carets = "^".repeat(width.min(MAX_SHOWN));
     match note {
         Some(note) => {
             let _ = writeln!(out, "{pad} | {lead}{carets} {note}");
@@ -189,6 +204,24 @@ mod tests {
             text,
             "error[unknown-key]: unknown key `stpes`\n --> p.yaml:3:5\n  |\n3 |     stpes: 4\n  |     ^^^^^\n   = hint: did you mean `steps`?\n"
         );
+    }
+
+    #[test]
+    fn long_lines_are_cropped_around_the_caret() {
+        let text = format!("a: {}x{}", "[".repeat(500), "]".repeat(500));
+        let file = SourceFile::new("p.yaml", text.clone());
+        let at = text.find('x').unwrap();
+        let rendered = Diagnostic::error("e", "m")
+            .at(Span::new(at, at + 1))
+            .render(&file);
+        assert!(
+            rendered.lines().all(|l| l.chars().count() < 140),
+            "{rendered}"
+        );
+        let source_line = rendered.lines().nth(3).unwrap();
+        let caret_line = rendered.lines().nth(4).unwrap();
+        let x_col = source_line.chars().position(|c| c == 'x').unwrap();
+        assert_eq!(caret_line.chars().position(|c| c == '^'), Some(x_col));
     }
 
     #[test]

@@ -158,6 +158,21 @@ pub fn compile(
         }
     }
 
+    if drafts.is_empty() {
+        let at = file
+            .text
+            .find("stages")
+            .map(|i| Span::new(i, i + "stages".len()));
+        diags.push(
+            Diagnostic::warning(
+                "no-stages",
+                "the pipeline has no stages: a cycle would do nothing",
+            )
+            .at_opt(at)
+            .hint("add stages under `stages:`"),
+        );
+    }
+
     let mut graph = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..drafts.len()).map(|i| graph.add_node(i)).collect();
     let mut edge_spans: BTreeMap<(usize, usize), Span> = BTreeMap::new();
