@@ -564,15 +564,7 @@ impl Checker<'_> {
     }
 
     fn check_setting(&mut self, key: &str, node: &Node, here: &Here, out: &mut Checked) {
-        let mut strings = Vec::new();
-        node.walk(&mut |n| {
-            if let NodeKind::Str(text) = &n.kind
-                && is_template(text)
-            {
-                strings.push((n, text.clone()));
-            }
-        });
-        for (n, text) in strings {
+        for (n, text) in template_strings(node) {
             let Some(template) = self.template(n, &text) else {
                 continue;
             };
@@ -605,15 +597,7 @@ impl Checker<'_> {
 
     /// Resources are resolved before any stage runs: only `params` and `env` are readable.
     fn check_resources(&mut self, node: &Node) {
-        let mut strings = Vec::new();
-        node.walk(&mut |n| {
-            if let NodeKind::Str(text) = &n.kind
-                && is_template(text)
-            {
-                strings.push((n, text.clone()));
-            }
-        });
-        for (n, text) in strings {
+        for (n, text) in template_strings(node) {
             let Some(template) = self.template(n, &text) else {
                 continue;
             };
@@ -936,6 +920,19 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// Every string in a tree that holds a `${{ }}` template, with its node.
+fn template_strings(node: &Node) -> Vec<(&Node, String)> {
+    let mut strings = Vec::new();
+    node.walk(&mut |n| {
+        if let NodeKind::Str(text) = &n.kind
+            && is_template(text)
+        {
+            strings.push((n, text.clone()));
+        }
+    });
+    strings
 }
 
 fn port_mismatch(stage: &str, port: &Port, expr: &Expr, given: &Type) -> Diagnostic {

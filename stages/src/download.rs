@@ -124,30 +124,16 @@ impl StageKind for Download {
         }
         let r = cx.resources;
         for source in &self.from {
-            let found = match source {
-                Source::Hub => require_resource(
-                    r.hub.is_some(),
-                    "hub",
-                    "downloading from the hub",
-                    cx,
-                    "from",
-                ),
-                Source::Http => require_resource(
+            let (present, resource, what) = match source {
+                Source::Hub => (r.hub.is_some(), "hub", "downloading from the hub"),
+                Source::Http => (
                     r.http.is_some(),
                     "http",
                     "downloading from the HTTP endpoint",
-                    cx,
-                    "from",
                 ),
-                Source::Store => require_resource(
-                    r.store.is_some(),
-                    "store",
-                    "downloading from the store",
-                    cx,
-                    "from",
-                ),
+                Source::Store => (r.store.is_some(), "store", "downloading from the store"),
             };
-            out.extend(found);
+            out.extend(require_resource(present, resource, what, cx, "from"));
         }
         let hub_repo = self.repo.is_some() || r.hub.as_ref().is_some_and(|h| h.repo.is_some());
         if self.from.contains(&Source::Hub) && r.hub.is_some() && !hub_repo {
