@@ -610,9 +610,11 @@ impl fmt::Display for Expr {
     }
 }
 
-/// A value an expression evaluates to during planning; `Unknown` stands for what is only
-/// known when the pipeline runs (a stage's output, a cycle's window, a secret).
-#[derive(Clone, Debug, PartialEq)]
+/// A value: what expressions evaluate to and what stages pass each other. During planning,
+/// `Unknown` stands for what is only known when the pipeline runs (a stage's output, a
+/// cycle's window, a secret); while running, every value is known.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Val {
     Null,
     Bool(bool),
@@ -620,6 +622,10 @@ pub enum Val {
     Float(f64),
     Str(String),
     List(Vec<Val>),
+    /// A record, such as a miner (`uid`, `hotkey`, ...).
+    Map(std::collections::BTreeMap<String, Val>),
+    /// Bytes in the run's content-addressed object store.
+    Artifact(crate::runtime::ArtifactRef),
     Unknown(String),
 }
 
@@ -635,12 +641,15 @@ impl fmt::Display for Val {
                 let items: Vec<String> = items.iter().map(Val::to_string).collect();
                 write!(f, "[{}]", items.join(", "))
             }
+            Val::Map(_) => f.write_str(&self.to_json().to_string()),
+            Val::Artifact(a) => write!(f, "{}:{}", a.ty, a.digest),
             Val::Unknown(symbol) => write!(f, "<{symbol}>"),
         }
     }
 }
 
 impl Val {
+    /// The plain JSON of the value (artifacts as `{type, digest, size}`).
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Val::Null => serde_json::Value::Null,
@@ -651,7 +660,42 @@ impl Val {
             }
             Val::Str(s) => s.clone().into(),
             Val::List(items) => items.iter().map(Val::to_json).collect(),
+            Val::Map(fields) => fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect(),
+            Val::Artifact(a) => {
+                serde_json::json!({ "type": a.ty, "digest": a.digest, "size": a.size })
+            }
             Val::Unknown(symbol) => format!("<{symbol}>").into(),
+        }
+    }
+
+    /// A field of a record.
+    pub fn field(&self, name: &str) -> Option<&Val> {
+        match self {
+            Val::Map(fields) => fields.get(name),
+            _ => None,
+        }
+    }
+
+    /// Whether any part is still unknown.
+    pub fn is_known(&self) -> bool {
+        match self {
+            Val::Unknown(_) => false,
+            Val::List(items) => items.iter().all(Val::is_known),
+            Val::Map(fields) => fields.values().all(Val::is_known),
+            _ => true,
+        }
+    }
+
+    /// Every artifact referenced by the value.
+    pub fn artifacts(&self) -> Vec<&crate::runtime::ArtifactRef> {
+        match self {
+            Val::Artifact(a) => vec![a],
+            Val::List(items) => items.iter().flat_map(Val::artifacts).collect(),
+            Val::Map(fields) => fields.values().flat_map(Val::artifacts).collect(),
+            _ => Vec::new(),
         }
     }
 }

@@ -8,12 +8,15 @@
 //! ```
 
 pub mod diag;
+pub mod effects;
 pub mod expr;
 pub mod graph;
+pub mod journal;
 pub mod node;
 pub mod params;
 pub mod plan;
 pub mod registry;
+pub mod runtime;
 pub mod schema;
 pub mod source;
 pub mod spec;

@@ -1,0 +1,303 @@
+//! The run folder: a journal of finished stages and a content-addressed object store, so a
+//! killed run resumes without redoing finished work and never sees a half-written file.
+//!
+//! ```text
+//! .gradline/runs/<run-id>/
+//!   run.json        what was run (pipeline name and digest, parameters)
+//!   journal.jsonl   one line per finished stage (or fan-out item), appended as it finishes
+//!   objects/ab/cd…  artifacts by blake3 digest, written to a temporary file and renamed
+//! ```
+//!
+//! Each journal line is written as soon as its stage finishes, so it survives the process
+//! being killed; the file is fsynced at the end of every cycle (a machine crash can cost at
+//! most the current cycle's entries, which are then redone). A torn last line is ignored.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{ArtifactRef, Digest, Outputs, digest_of};
+
+/// Artifacts stored by digest.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    root: PathBuf,
+}
+
+impl ObjectStore {
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(root.join("tmp"))?;
+        Ok(Self { root })
+    }
+
+    pub fn path(&self, digest: &str) -> PathBuf {
+        let (head, tail) = digest.split_at(2.min(digest.len()));
+        self.root.join(head).join(tail)
+    }
+
+    /// Stores bytes; the object appears whole or not at all.
+    pub fn put(&self, ty: &str, bytes: &[u8]) -> io::Result<ArtifactRef> {
+        let digest = digest_of(bytes);
+        let path = self.path(&digest);
+        if !path.exists() {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let tmp = self
+                .root
+                .join("tmp")
+                .join(format!("{digest}.{}", std::process::id()));
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+        }
+        Ok(ArtifactRef {
+            ty: ty.to_owned(),
+            digest,
+            size: bytes.len() as u64,
+        })
+    }
+
+    /// Reads an artifact back, checking its size and digest.
+    pub fn get(&self, artifact: &ArtifactRef) -> io::Result<Vec<u8>> {
+        let bytes = fs::read(self.path(&artifact.digest))?;
+        if bytes.len() as u64 != artifact.size || digest_of(&bytes) != artifact.digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "object {} is corrupt (size or digest differs)",
+                    artifact.digest
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    pub fn contains(&self, artifact: &ArtifactRef) -> bool {
+        fs::metadata(self.path(&artifact.digest)).is_ok_and(|m| m.len() == artifact.size)
+    }
+}
+
+/// How a journalled unit ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryStatus {
+    Done,
+    Skipped,
+}
+
+/// One finished stage, or one item of a fanned-out stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub cycle: u64,
+    pub window: i64,
+    pub stage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+    /// blake3 of kind, kind version, resolved settings, input digests, window and item.
+    pub key: Digest,
+    pub status: EntryStatus,
+    #[serde(default)]
+    pub outputs: Outputs,
+    pub attempts: u32,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a run folder says about the run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub pipeline: String,
+    pub file: String,
+    /// blake3 of the pipeline file's text.
+    pub file_digest: Digest,
+    pub overrides: Vec<String>,
+}
+
+/// An open run folder.
+pub struct RunDir {
+    pub root: PathBuf,
+    pub info: RunInfo,
+    pub objects: ObjectStore,
+    journal: Mutex<File>,
+}
+
+impl RunDir {
+    /// Starts a new run folder under `base` (usually `.gradline/runs`).
+    pub fn create(base: &Path, info_without_id: RunInfo) -> io::Result<RunDir> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let run_id = format!("{}-{stamp}", sanitize(&info_without_id.pipeline));
+        let root = base.join(&run_id);
+        fs::create_dir_all(&root)?;
+        let info = RunInfo {
+            run_id,
+            ..info_without_id
+        };
+        let text = serde_json::to_string_pretty(&info).map_err(io::Error::other)?;
+        fs::write(root.join("run.json"), text)?;
+        Self::open_at(root, info)
+    }
+
+    /// The newest run folder of a pipeline under `base`, to resume.
+    pub fn latest(base: &Path, pipeline: &str) -> io::Result<Option<RunDir>> {
+        let prefix = format!("{}-", sanitize(pipeline));
+        let Ok(entries) = fs::read_dir(base) else {
+            return Ok(None);
+        };
+        let mut runs: Vec<(u128, PathBuf)> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_owned();
+                let stamp = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some((stamp, p))
+            })
+            .collect();
+        runs.sort();
+        match runs.pop() {
+            Some((_, root)) => {
+                let text = fs::read_to_string(root.join("run.json"))?;
+                let info: RunInfo = serde_json::from_str(&text).map_err(io::Error::other)?;
+                Self::open_at(root, info).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn open_at(root: PathBuf, info: RunInfo) -> io::Result<RunDir> {
+        let objects = ObjectStore::open(root.join("objects"))?;
+        let path = root.join("journal.jsonl");
+        let mut journal = OpenOptions::new().create(true).append(true).open(&path)?;
+        let text = fs::read(&path)?;
+        if text.last().is_some_and(|&b| b != b'\n') {
+            journal.write_all(b"\n")?;
+        }
+        Ok(RunDir {
+            root,
+            info,
+            objects,
+            journal: Mutex::new(journal),
+        })
+    }
+
+    /// Appends one entry; it is on disk (in the OS's cache) when this returns.
+    pub fn append(&self, entry: &JournalEntry) -> io::Result<()> {
+        let mut line = serde_json::to_string(entry).map_err(io::Error::other)?;
+        line.push('\n');
+        let mut file = self
+            .journal
+            .lock()
+            .map_err(|_| io::Error::other("journal lock poisoned"))?;
+        file.write_all(line.as_bytes())
+    }
+
+    /// Flushes the journal to the disk.
+    pub fn sync(&self) -> io::Result<()> {
+        let file = self
+            .journal
+            .lock()
+            .map_err(|_| io::Error::other("journal lock poisoned"))?;
+        file.sync_data()
+    }
+
+    /// Every complete entry; a torn last line (a kill mid-write) is ignored.
+    pub fn entries(&self) -> io::Result<Vec<JournalEntry>> {
+        let file = File::open(self.root.join("journal.jsonl"))?;
+        let mut out = Vec::new();
+        for line in io::BufReader::new(file).lines() {
+            let line = line?;
+            if let Ok(entry) = serde_json::from_str::<JournalEntry>(&line) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("gradline-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn objects_round_trip_and_detect_corruption() {
+        let dir = temp("objects");
+        let store = ObjectStore::open(&dir).unwrap();
+        let a = store.put("blob", b"hello").unwrap();
+        assert_eq!(store.get(&a).unwrap(), b"hello");
+        assert!(store.contains(&a));
+        fs::write(store.path(&a.digest), b"jello").unwrap();
+        assert_eq!(
+            store.get(&a).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored_and_latest_run_is_found() {
+        let base = temp("runs");
+        let info = RunInfo {
+            run_id: String::new(),
+            pipeline: "p".into(),
+            file: "p.yaml".into(),
+            file_digest: "d".into(),
+            overrides: vec![],
+        };
+        let run = RunDir::create(&base, info).unwrap();
+        let entry = JournalEntry {
+            cycle: 0,
+            window: 5,
+            stage: "a".into(),
+            item: None,
+            key: "k".into(),
+            status: EntryStatus::Done,
+            outputs: Outputs::new(),
+            attempts: 1,
+            duration_ms: 3,
+            reason: None,
+        };
+        run.append(&entry).unwrap();
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(run.root.join("journal.jsonl"))
+            .unwrap();
+        file.write_all(b"{\"cycle\": 0, \"stag").unwrap();
+        let again = RunDir::latest(&base, "p").unwrap().unwrap();
+        assert_eq!(again.entries().unwrap(), vec![entry.clone()]);
+        again.append(&entry).unwrap();
+        assert_eq!(
+            again.entries().unwrap().len(),
+            2,
+            "an append after a torn line stays readable"
+        );
+        fs::remove_dir_all(&base).ok();
+    }
+}
