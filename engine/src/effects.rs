@@ -145,16 +145,33 @@ pub trait Transport: Send + Sync {
 }
 
 /// The live face: routes each call to its system.
-#[derive(Default)]
 pub struct Live {
     systems: BTreeMap<String, Arc<dyn Transport>>,
     counter: AtomicU64,
+    /// The wall clock read once, then advanced by tokio's clock (so paused-time tests and
+    /// real runs see the same time source).
+    epoch_ms: u64,
+    origin: tokio::time::Instant,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Live {
     /// The engine's own systems (`clock`, `random`) and nothing else.
     pub fn new() -> Self {
-        Self::default()
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            systems: BTreeMap::new(),
+            counter: AtomicU64::new(0),
+            epoch_ms,
+            origin: tokio::time::Instant::now(),
+        }
     }
 
     pub fn with_system(mut self, name: &str, transport: Arc<dyn Transport>) -> Self {
@@ -165,9 +182,7 @@ impl Live {
     fn builtin(&self, request: &Request) -> Option<Result<Response, EffectError>> {
         match (request.system.as_str(), request.op.as_str()) {
             ("clock", "now") => {
-                let ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let ms = self.epoch_ms + self.origin.elapsed().as_millis() as u64;
                 Some(Ok(Response::value(json!({ "unix_ms": ms }))))
             }
             ("random", "u64") => {

@@ -47,14 +47,19 @@ impl ObjectStore {
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent)?;
             }
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tmp = self
                 .root
                 .join("tmp")
-                .join(format!("{digest}.{}", std::process::id()));
-            let mut file = File::create(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
+                .join(format!("{digest}.{}.{n}", std::process::id()));
+            let located =
+                |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", tmp.display()));
+            let mut file = File::create(&tmp).map_err(located)?;
+            file.write_all(bytes).map_err(located)?;
+            file.sync_all().map_err(located)?;
+            fs::rename(&tmp, &path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(ArtifactRef {
             ty: ty.to_owned(),
@@ -299,5 +304,23 @@ mod tests {
             "an append after a torn line stays readable"
         );
         fs::remove_dir_all(&base).ok();
+    }
+}
+#[cfg(test)]
+mod race {
+    #[test]
+    fn concurrent_puts_of_the_same_bytes_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("gradline-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = super::ObjectStore::open(&dir).unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let s = store.clone();
+                std::thread::spawn(move || s.put("blob", b"null").map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod params;
 pub mod plan;
 pub mod registry;
 pub mod runtime;
+pub mod schedule;
 pub mod schema;
 pub mod source;
 pub mod spec;

@@ -131,6 +131,7 @@ pub fn parse_yaml(file: &SourceFile) -> Result<Node, Diagnostic> {
     let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
         with_snippet: false,
+        strict_booleans: true,
     };
     match serde_saphyr::from_str_with_options::<serde_saphyr::Spanned<RawNode>>(&file.text, options)
     {

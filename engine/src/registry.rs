@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::diag::Diagnostic;
 use crate::node::{DeError, Node, Spanned};
+use futures::future::BoxFuture;
+
 use crate::plan::{Effect, PlanContext};
+use crate::runtime::{Outputs, StageError};
+use crate::schedule::StageRun;
 use crate::spec::Resources;
 use crate::types::{Type, TypeDef};
 use crate::value::expression_schema;
@@ -71,6 +75,15 @@ pub trait StageKind: DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 
     }
     /// The outside reads and writes one run of the stage makes, for the dry run.
     fn effects(&self, cx: &PlanContext) -> Vec<Effect>;
+    /// Runs one attempt. Every outside call goes through `cx.effects`.
+    fn run<'a>(&'a self, _cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            Err(StageError::final_(format!(
+                "stage kind `{}` cannot run yet in this version of gradline",
+                Self::NAME
+            )))
+        })
+    }
 }
 
 /// The object-safe face of a parsed stage's settings.
@@ -79,6 +92,7 @@ pub trait Settings: fmt::Debug + Send + Sync {
     fn outputs(&self) -> Vec<Port>;
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic>;
     fn effects(&self, cx: &PlanContext) -> Vec<Effect>;
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -94,6 +108,9 @@ impl<K: StageKind> Settings for K {
     }
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
         StageKind::effects(self, cx)
+    }
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        StageKind::run(self, cx)
     }
     fn as_any(&self) -> &dyn Any {
         self
