@@ -1,10 +1,17 @@
 //! The `gradline` command line: wires the engine to the stage kinds.
 
+mod display;
+mod run;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gradline_engine::{Loaded, Override, Registry, load, schema};
+
+use crate::display::LogFormat;
+use crate::run::{RunArgs, RunFailure};
 
 /// A declarative pipeline engine for decentralized training networks.
 #[derive(Parser)]
@@ -46,6 +53,40 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// Run a pipeline, cycle after cycle, as its trigger says.
+    Run {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<Override>,
+        /// Stop after this many cycles.
+        #[arg(long)]
+        cycles: Option<u64>,
+        /// Stages (or fan-out items) running at once; default: the number of cores.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Continue the newest run of this pipeline: finished stages are not redone.
+        #[arg(long)]
+        resume: bool,
+        /// Record every outside call into this folder, for `gradline replay`.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
+        /// The length of a window when no chain gives windows.
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        window: Duration,
+        /// Where run folders go.
+        #[arg(long, default_value = ".gradline/runs", value_name = "DIR")]
+        runs_dir: PathBuf,
+        /// `auto`: a live view on a terminal, text lines elsewhere; `json`: one event per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
+    },
+    /// Re-run a recorded run offline and check every output digest.
+    Replay {
+        /// The folder given to `run --record`.
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
+    },
     /// Print the JSON Schema of pipeline files (or of `plan --format json` with --plan).
     Schema {
         /// The schema of the JSON plan instead.
@@ -77,10 +118,26 @@ enum GraphFormat {
     Mermaid,
 }
 
-/// Why a command stopped: bad input (exit 1) or bad usage (exit 2).
+/// Why a command stopped: bad input or a failed run (exit 1), or bad usage (exit 2).
 enum Failure {
     Invalid,
     Usage(String),
+    Failed(anyhow::Error),
+}
+
+impl From<RunFailure> for Failure {
+    fn from(f: RunFailure) -> Self {
+        match f {
+            RunFailure::Invalid => Failure::Invalid,
+            RunFailure::Failed(e) => Failure::Failed(e),
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<gradline_engine::value::Duration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -89,6 +146,10 @@ fn main() -> ExitCode {
     match run(cli.command, &registry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Invalid) => ExitCode::from(1),
+        Err(Failure::Failed(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
         Err(Failure::Usage(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
@@ -174,6 +235,33 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
                 GraphFormat::Mermaid => print!("{}", plan.to_mermaid(pipeline)),
             }
             Ok(())
+        }
+        Command::Run {
+            file,
+            set,
+            cycles,
+            jobs,
+            resume,
+            record,
+            window,
+            runs_dir,
+            log_format,
+        } => {
+            let loaded = checked(load_file(&file, registry, &set)?)?;
+            let args = RunArgs {
+                set,
+                cycles,
+                jobs,
+                resume,
+                record,
+                window,
+                runs_dir,
+                log_format,
+            };
+            run::run(args, loaded).map_err(Failure::from)
+        }
+        Command::Replay { dir, log_format } => {
+            run::replay(&dir, registry, log_format).map_err(Failure::from)
         }
         Command::Schema { plan, write } => {
             let pipeline_schema = schema::pipeline_schema(registry);

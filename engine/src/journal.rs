@@ -228,6 +228,58 @@ impl RunDir {
     }
 }
 
+/// The stage name of the marker written when a cycle completes.
+pub const CYCLE_DONE: &str = "$cycle";
+
+impl RunDir {
+    /// Marks a cycle complete (and flushes the journal to disk).
+    pub fn cycle_done(&self, cycle: u64, window: i64) -> io::Result<()> {
+        self.append(&JournalEntry {
+            cycle,
+            window,
+            stage: CYCLE_DONE.into(),
+            item: None,
+            key: format!("cycle-{cycle}"),
+            status: EntryStatus::Done,
+            outputs: Outputs::new(),
+            attempts: 0,
+            duration_ms: 0,
+            reason: None,
+        })?;
+        self.sync()
+    }
+
+    /// Where a resumed run picks up: the interrupted cycle and its window, or the cycle
+    /// after the last complete one.
+    pub fn resume_point(&self) -> io::Result<Option<ResumePoint>> {
+        let entries = self.entries()?;
+        let Some(last) = entries.iter().max_by_key(|e| e.cycle) else {
+            return Ok(None);
+        };
+        let complete = entries
+            .iter()
+            .any(|e| e.cycle == last.cycle && e.stage == CYCLE_DONE);
+        Ok(Some(match complete {
+            true => ResumePoint {
+                cycle: last.cycle + 1,
+                window: None,
+            },
+            false => ResumePoint {
+                cycle: last.cycle,
+                window: Some(last.window),
+            },
+        }))
+    }
+}
+
+/// Where a resumed run continues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub cycle: u64,
+    /// The interrupted cycle's window, reused so its finished stages keep their keys.
+    pub window: Option<i64>,
+}
+
 fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {

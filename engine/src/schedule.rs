@@ -495,25 +495,34 @@ impl Runner {
         let mut previous: Arc<Vec<Option<StageResult>>> =
             Arc::new(vec![None; self.pipeline.stages.len()]);
         let mut last_window = None;
-        let mut cycle = 0u64;
-        while limit.is_none_or(|l| cycle < l) {
+        let resume = self.run_dir.resume_point()?;
+        let first = resume.map_or(0, |r| r.cycle);
+        let mut resumed_window = resume.and_then(|r| r.window);
+        if resume.is_some_and(|r| r.window.is_none()) && matches!(trigger, Trigger::Once) {
+            return Ok(reports);
+        }
+        let mut cycle = first;
+        while limit.is_none_or(|l| cycle - first < l) {
             if self.stop.graceful_requested() || self.stop.now.is_cancelled() {
                 break;
             }
             let started = Instant::now();
-            let window = self.next_window(cycle, &trigger, last_window).await?;
+            let window = match resumed_window.take() {
+                Some(w) => w,
+                None => self.next_window(cycle, &trigger, last_window).await?,
+            };
             last_window = Some(window);
             let span = tracing::info_span!("cycle", cycle, window);
             let (report, results) = self
                 .run_cycle(cycle, window, previous.clone())
                 .instrument(span)
                 .await?;
-            self.run_dir.sync()?;
+            self.run_dir.cycle_done(cycle, window)?;
             previous = Arc::new(results);
             reports.push(report);
             cycle += 1;
             if let Trigger::Interval(every) = &trigger
-                && limit.is_none_or(|l| cycle < l)
+                && limit.is_none_or(|l| cycle - first < l)
             {
                 let wait = every.0.saturating_sub(started.elapsed());
                 tokio::select! {

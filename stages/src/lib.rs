@@ -8,11 +8,13 @@ pub mod commit;
 pub mod commitment;
 pub mod compress;
 pub mod download;
+pub mod emit;
 pub mod merge;
 pub mod miners;
 pub mod publish;
 pub mod train;
 pub mod verify;
+pub mod wait;
 
 use gradline_engine::Registry;
 
@@ -30,7 +32,9 @@ pub fn registry() -> Registry {
         .register::<commit::Commit>()
         .register::<miners::Miners>()
         .register::<commitment::ReadCommitment>()
-        .register::<assign::Assign>();
+        .register::<assign::Assign>()
+        .register::<emit::Emit>()
+        .register::<wait::Wait>();
     registry
 }
 
@@ -60,7 +64,7 @@ pub(crate) fn require_resource(
 mod tests {
     use gradline_engine::types::Type;
 
-    const PIPELINE: &str = "version: 1\nname: t\nrole: validator\nresources:\n  store: { url: \"memory://\" }\n  hub: { endpoint: \"local://hub\", repo: o/r }\n  chain: { url: \"local://chain\", netuid: 1 }\n  keys: { signing: { generated: v } }\nstages:\n  m: { uses: miners }\n  c: { uses: download, with: { from: [hub, store], object: x } }\n  s: { uses: merge, with: { mode: split, checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  j: { uses: assign, with: { fragments: \"${{ stages.s.outputs.fragments }}\", miners: \"${{ stages.m.outputs.miners }}\", checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  t: { uses: train, with: { checkpoint: \"${{ stages.c.outputs.checkpoint }}\", uid: 1 } }\n  z: { uses: compress, with: { gradient: \"${{ stages.t.outputs.gradient }}\" } }\n  v: { uses: verify, with: { mode: loss-delta, miners: \"${{ stages.m.outputs.miners }}\", gradients: \"${{ stages.g.outputs.compressed }}\", checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  g: { uses: download, for_each: \"${{ stages.m.outputs.miners }}\", with: { from: [store], as: compressed, object: \"${{ item.uid }}\" } }\n  p: { uses: publish, with: { target: hub, artifact: \"${{ stages.z.outputs.compressed }}\" } }\n  w: { uses: commit, with: { what: weights, scores: \"${{ stages.v.outputs.scores }}\" } }\n  r: { uses: read-commitment, with: { uid: 0 } }\n";
+    const PIPELINE: &str = "version: 1\nname: t\nrole: validator\nresources:\n  store: { url: \"memory://\" }\n  hub: { endpoint: \"local://hub\", repo: o/r }\n  chain: { url: \"local://chain\", netuid: 1 }\n  keys: { signing: { generated: v } }\nstages:\n  m: { uses: miners }\n  c: { uses: download, with: { from: [hub, store], object: x } }\n  s: { uses: merge, with: { mode: split, checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  j: { uses: assign, with: { fragments: \"${{ stages.s.outputs.fragments }}\", miners: \"${{ stages.m.outputs.miners }}\", checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  t: { uses: train, with: { checkpoint: \"${{ stages.c.outputs.checkpoint }}\", uid: 1 } }\n  z: { uses: compress, with: { gradient: \"${{ stages.t.outputs.gradient }}\" } }\n  v: { uses: verify, with: { mode: loss-delta, miners: \"${{ stages.m.outputs.miners }}\", gradients: \"${{ stages.g.outputs.compressed }}\", checkpoint: \"${{ stages.c.outputs.checkpoint }}\" } }\n  g: { uses: download, for_each: \"${{ stages.m.outputs.miners }}\", with: { from: [store], as: compressed, object: \"${{ item.uid }}\" } }\n  p: { uses: publish, with: { target: hub, artifact: \"${{ stages.z.outputs.compressed }}\" } }\n  w: { uses: commit, with: { what: weights, scores: \"${{ stages.v.outputs.scores }}\" } }\n  r: { uses: read-commitment, with: { uid: 0 } }\n  e: { uses: emit, needs: x, with: { text: \"${{ stages.w.outputs.block }}\" } }\n  x: { uses: wait, with: { for: 1s } }\n";
 
     #[test]
     fn the_design_kinds_are_registered() {
