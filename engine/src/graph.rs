@@ -36,6 +36,10 @@ pub struct Pipeline {
     pub levels: Vec<Vec<usize>>,
     /// The DAG: an edge from a stage to each stage that needs it.
     pub graph: DiGraph<usize, Dependency>,
+    /// Stage index by id.
+    index: std::collections::HashMap<String, usize>,
+    /// Each stage's position in `order`.
+    rank: Vec<usize>,
 }
 
 /// Why one stage waits for another.
@@ -213,7 +217,16 @@ pub fn compile(
                 level: level_of[i],
             })
         })
+        .collect::<Vec<Stage>>();
+    let index = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
         .collect();
+    let mut rank = vec![0; order.len()];
+    for (position, &i) in order.iter().enumerate() {
+        rank[i] = position;
+    }
     let pipeline = Pipeline {
         file,
         spec,
@@ -222,6 +235,8 @@ pub fn compile(
         order,
         levels,
         graph,
+        index,
+        rank,
     };
     (Some(pipeline), diags)
 }
@@ -1087,7 +1102,16 @@ fn schedule_levels(
 
 impl Pipeline {
     pub fn stage(&self, id: &str) -> Option<&Stage> {
-        self.stages.iter().find(|s| s.id == id)
+        self.stage_index(id).map(|i| &self.stages[i])
+    }
+
+    pub fn stage_index(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    /// A stage's position in run order.
+    pub fn rank(&self, index: usize) -> usize {
+        self.rank[index]
     }
 
     pub fn param(&self, name: &str) -> Option<&ResolvedParam> {

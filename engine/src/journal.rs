@@ -141,9 +141,18 @@ impl RunDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let run_id = format!("{}-{stamp}", sanitize(&info_without_id.pipeline));
-        let root = base.join(&run_id);
-        fs::create_dir_all(&root)?;
+        fs::create_dir_all(base)?;
+        // Claim a folder atomically: a run started in the same millisecond takes the next.
+        let mut stamp = stamp;
+        let (run_id, root) = loop {
+            let run_id = format!("{}-{stamp}", sanitize(&info_without_id.pipeline));
+            let root = base.join(&run_id);
+            match fs::create_dir(&root) {
+                Ok(()) => break (run_id, root),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => stamp += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let info = RunInfo {
             run_id,
             ..info_without_id

@@ -75,7 +75,9 @@ pub trait StageKind: DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 
     }
     /// The outside reads and writes one run of the stage makes, for the dry run.
     fn effects(&self, cx: &PlanContext) -> Vec<Effect>;
-    /// Runs one attempt. Every outside call goes through `cx.effects`.
+    /// Runs one attempt. Every outside call goes through `cx.effects`. Units are polled
+    /// concurrently on the scheduler's task, so long computation (training, scoring) must
+    /// run in `tokio::task::spawn_blocking`, keeping timeouts and cancellation responsive.
     fn run<'a>(&'a self, _cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
         Box::pin(async move {
             Err(StageError::final_(format!(

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -404,7 +404,7 @@ impl Scope for RunScope<'_> {
                 let (Some(id), Some(port)) = (name(1), name(3)) else {
                     return unknown();
                 };
-                let Some(from) = self.shared.pipeline.stages.iter().position(|s| s.id == id) else {
+                let Some(from) = self.shared.pipeline.stage_index(id) else {
                     return unknown();
                 };
                 let same_fan = self.item.is_some()
@@ -639,12 +639,7 @@ impl Runner {
             window,
             duration_ms,
         });
-        summaries.sort_by_key(|s| {
-            pipeline
-                .order
-                .iter()
-                .position(|&i| pipeline.stages[i].id == s.stage)
-        });
+        summaries.sort_by_key(|s| pipeline.stage_index(&s.stage).map(|i| pipeline.rank(i)));
         Ok((
             CycleReport {
                 cycle,
@@ -691,7 +686,11 @@ impl Runner {
                 ..StageSummary::default()
             })
             .collect();
-        let mut tasks: JoinSet<(Unit, UnitOutcome, UnitStats)> = JoinSet::new();
+        // Units are polled here, in the driver's task: no thread hand-off per unit. Kinds
+        // that compute for long move that work to `spawn_blocking`.
+        let mut tasks: FuturesUnordered<
+            futures::future::BoxFuture<'static, (Unit, UnitOutcome, UnitStats)>,
+        > = FuturesUnordered::new();
         let jobs = self.options.jobs.max(1);
 
         loop {
@@ -741,7 +740,7 @@ impl Runner {
                     running_in_stage[unit.stage] += 1;
                     let job = self.unit_job(shared.clone(), unit.clone(), item, cancel.clone());
                     let span = tracing::info_span!("stage", id = %pipeline.stages[unit.stage].id, item = ?unit.item);
-                    tasks.spawn(job.instrument(span));
+                    tasks.push(Box::pin(job.instrument(span)));
                     started_any = true;
                 }
             }
@@ -751,11 +750,9 @@ impl Runner {
                 }
                 continue;
             }
-            let Some(joined) = tasks.join_next().await else {
+            let Some((unit, outcome, stats)) = tasks.next().await else {
                 break;
             };
-            let (unit, outcome, stats) =
-                joined.map_err(|e| RunError::Journal(std::io::Error::other(e.to_string())))?;
             running -= 1;
             running_in_stage[unit.stage] -= 1;
             let s = unit.stage;
@@ -803,7 +800,7 @@ impl Runner {
                     summary.status = "failed".into();
                     summary.reason = Some(error.to_string());
                     cancel.cancel();
-                    tasks.shutdown().await;
+                    drop(tasks);
                     self.run_dir.sync()?;
                     let report = CycleReport {
                         cycle: shared.cycle,
@@ -821,7 +818,7 @@ impl Runner {
                     });
                 }
                 UnitOutcome::Cancelled => {
-                    tasks.shutdown().await;
+                    drop(tasks);
                     return Err(RunError::Cancelled);
                 }
             }
