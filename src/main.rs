@@ -44,6 +44,10 @@ enum Command {
         set: Vec<Override>,
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
+        /// Where run folders are: stages finished in the newest run's interrupted cycle are
+        /// marked cached.
+        #[arg(long, default_value = ".gradline/runs", value_name = "DIR")]
+        runs_dir: PathBuf,
     },
     /// The stage graph, as Graphviz DOT or Mermaid.
     Graph {
@@ -186,21 +190,27 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Plan { file, set, format } => {
+        Command::Plan {
+            file,
+            set,
+            format,
+            runs_dir,
+        } => {
             let paths = expand(std::slice::from_ref(&file))?;
             let mut plans = Vec::new();
             for path in &paths {
-                let loaded = checked(load_file(path, registry, &set)?)?;
-                let (Some(plan), Some(pipeline)) = (
+                let mut loaded = checked(load_file(path, registry, &set)?)?;
+                let (Some(mut plan), Some(pipeline)) = (
                     loaded.plan(&gradline_engine::plan::process_env),
-                    loaded.pipeline.as_ref(),
+                    loaded.pipeline.take().map(std::sync::Arc::new),
                 ) else {
                     return Err(Failure::Invalid);
                 };
+                plan.mark_cached(&cached_in_newest_run(&runs_dir, &pipeline));
                 let text = match format {
                     PlanFormat::Text => plan.to_text(),
-                    PlanFormat::Dot => plan.to_dot(pipeline),
-                    PlanFormat::Mermaid => plan.to_mermaid(pipeline),
+                    PlanFormat::Dot => plan.to_dot(&pipeline),
+                    PlanFormat::Mermaid => plan.to_mermaid(&pipeline),
                     PlanFormat::Json => String::new(),
                 };
                 plans.push((plan, text));
@@ -285,6 +295,19 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Stages finished in the newest run's interrupted cycle, read without writing anything.
+fn cached_in_newest_run(
+    runs_dir: &Path,
+    pipeline: &std::sync::Arc<gradline_engine::Pipeline>,
+) -> std::collections::BTreeSet<String> {
+    use gradline_engine::journal::{latest_folder, read_journal};
+    let Some(folder) = latest_folder(runs_dir, &pipeline.spec.name) else {
+        return Default::default();
+    };
+    let entries = read_journal(&folder).unwrap_or_default();
+    gradline_engine::schedule::cached_stages(pipeline, &entries)
 }
 
 /// Prints the findings of a loaded file; fails when there are errors.

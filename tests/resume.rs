@@ -74,6 +74,24 @@ fn sigkill_then_resume_redoes_only_unfinished_stages() {
     assert_eq!(count(&before, "first"), 1);
     assert_eq!(count(&before, "last"), 0, "killed before the end");
 
+    let plan = Command::new(env!("CARGO_BIN_EXE_gradline"))
+        .args(["plan", "p.yaml", "--format", "json"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let cached: Vec<(&str, bool)> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["cached"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        cached,
+        [("first", true), ("pause", false), ("last", false)],
+        "plan marks what resume would skip"
+    );
+
     std::fs::write(dir.join("p.yaml"), PIPELINE.replace("30s", "100ms")).unwrap();
     let out = gradline(&dir, &["run", "p.yaml", "--resume", "--log-format", "text"])
         .output()

@@ -164,21 +164,8 @@ impl RunDir {
 
     /// The newest run folder of a pipeline under `base`, to resume.
     pub fn latest(base: &Path, pipeline: &str) -> io::Result<Option<RunDir>> {
-        let prefix = format!("{}-", sanitize(pipeline));
-        let Ok(entries) = fs::read_dir(base) else {
-            return Ok(None);
-        };
-        let mut runs: Vec<(u128, PathBuf)> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| {
-                let name = p.file_name()?.to_str()?.to_owned();
-                let stamp = name.strip_prefix(&prefix)?.parse().ok()?;
-                Some((stamp, p))
-            })
-            .collect();
-        runs.sort();
-        match runs.pop() {
-            Some((_, root)) => {
+        match latest_folder(base, pipeline) {
+            Some(root) => {
                 let text = fs::read_to_string(root.join("run.json"))?;
                 let info: RunInfo = serde_json::from_str(&text).map_err(io::Error::other)?;
                 Self::open_at(root, info).map(Some)
@@ -225,16 +212,40 @@ impl RunDir {
 
     /// Every complete entry; a torn last line (a kill mid-write) is ignored.
     pub fn entries(&self) -> io::Result<Vec<JournalEntry>> {
-        let file = File::open(self.root.join("journal.jsonl"))?;
-        let mut out = Vec::new();
-        for line in io::BufReader::new(file).lines() {
-            let line = line?;
-            if let Ok(entry) = serde_json::from_str::<JournalEntry>(&line) {
-                out.push(entry);
-            }
-        }
-        Ok(out)
+        read_journal(&self.root)
     }
+}
+
+/// The newest run folder of a pipeline under `base`.
+pub fn latest_folder(base: &Path, pipeline: &str) -> Option<PathBuf> {
+    let prefix = format!("{}-", sanitize(pipeline));
+    let entries = fs::read_dir(base).ok()?;
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let stamp: u128 = p
+                .file_name()?
+                .to_str()?
+                .strip_prefix(&prefix)?
+                .parse()
+                .ok()?;
+            Some((stamp, p))
+        })
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// Every complete entry of a run folder's journal, read without opening it for writing.
+pub fn read_journal(root: &Path) -> io::Result<Vec<JournalEntry>> {
+    let file = File::open(root.join("journal.jsonl"))?;
+    let mut out = Vec::new();
+    for line in io::BufReader::new(file).lines() {
+        let line = line?;
+        if let Ok(entry) = serde_json::from_str::<JournalEntry>(&line) {
+            out.push(entry);
+        }
+    }
+    Ok(out)
 }
 
 /// The stage name of the marker written when a cycle completes.
@@ -261,24 +272,26 @@ impl RunDir {
     /// Where a resumed run picks up: the interrupted cycle and its window, or the cycle
     /// after the last complete one.
     pub fn resume_point(&self) -> io::Result<Option<ResumePoint>> {
-        let entries = self.entries()?;
-        let Some(last) = entries.iter().max_by_key(|e| e.cycle) else {
-            return Ok(None);
-        };
-        let complete = entries
-            .iter()
-            .any(|e| e.cycle == last.cycle && e.stage == CYCLE_DONE);
-        Ok(Some(match complete {
-            true => ResumePoint {
-                cycle: last.cycle + 1,
-                window: None,
-            },
-            false => ResumePoint {
-                cycle: last.cycle,
-                window: Some(last.window),
-            },
-        }))
+        Ok(resume_point(&self.entries()?))
     }
+}
+
+/// Where a run with these journal entries would resume.
+pub fn resume_point(entries: &[JournalEntry]) -> Option<ResumePoint> {
+    let last = entries.iter().max_by_key(|e| e.cycle)?;
+    let complete = entries
+        .iter()
+        .any(|e| e.cycle == last.cycle && e.stage == CYCLE_DONE);
+    Some(match complete {
+        true => ResumePoint {
+            cycle: last.cycle + 1,
+            window: None,
+        },
+        false => ResumePoint {
+            cycle: last.cycle,
+            window: Some(last.window),
+        },
+    })
 }
 
 /// Where a resumed run continues.

@@ -349,6 +349,9 @@ pub struct PlannedStage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     pub on_error: String,
+    /// Already done in the newest run's interrupted cycle: `run --resume` would not redo it.
+    #[serde(default)]
+    pub cached: bool,
     pub effects: Vec<Effect>,
 }
 
@@ -494,6 +497,7 @@ fn plan_stage(pipeline: &Pipeline, stage: &Stage, cx: &PlanContext) -> PlannedSt
             true => "skip".into(),
             false => "fail".into(),
         },
+        cached: false,
         effects: stage.settings.effects(cx),
     }
 }
@@ -532,6 +536,13 @@ fn env_reads(pipeline: &Pipeline, cx: &PlanContext) -> Vec<PlannedEnv> {
 }
 
 impl Plan {
+    /// Marks the stages a resumed run would not redo.
+    pub fn mark_cached(&mut self, ids: &std::collections::BTreeSet<String>) {
+        for stage in &mut self.stages {
+            stage.cached = ids.contains(&stage.id);
+        }
+    }
+
     /// The plan for a person to read.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
@@ -665,7 +676,8 @@ impl Plan {
 }
 
 fn write_stage(out: &mut String, stage: &PlannedStage) {
-    let _ = writeln!(out, "    {} ({})", stage.id, stage.uses);
+    let cached = if stage.cached { "  [cached]" } else { "" };
+    let _ = writeln!(out, "    {} ({}){cached}", stage.id, stage.uses);
     if let Some(d) = &stage.description {
         let _ = writeln!(out, "      # {d}");
     }

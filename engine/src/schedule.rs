@@ -1217,3 +1217,89 @@ fn digest_outputs(items: &[Option<Outputs>]) -> Digest {
         .collect();
     digest_of(Json::Array(json).to_string().as_bytes())
 }
+
+/// The stages whose work for a run's interrupted cycle is already journalled: what
+/// `--resume` would not redo. Nothing is cached once the last cycle completed (the next
+/// cycle has a new window).
+pub fn cached_stages(pipeline: &Arc<Pipeline>, entries: &[JournalEntry]) -> BTreeSet<String> {
+    let mut cached = BTreeSet::new();
+    let Some(crate::journal::ResumePoint {
+        cycle,
+        window: Some(window),
+    }) = crate::journal::resume_point(entries)
+    else {
+        return cached;
+    };
+    let done: Vec<&JournalEntry> = entries
+        .iter()
+        .filter(|e| e.cycle == cycle && e.status == EntryStatus::Done)
+        .collect();
+    let keys: std::collections::HashSet<&str> = done.iter().map(|e| e.key.as_str()).collect();
+    let n = pipeline.stages.len();
+    let mut results: Vec<Option<StageResult>> = vec![None; n];
+    for e in &done {
+        let Some(i) = pipeline.stage_index(&e.stage) else {
+            continue;
+        };
+        match e.item {
+            None => results[i] = Some(StageResult::Done(e.outputs.clone())),
+            Some(k) => {
+                if !matches!(results[i], Some(StageResult::FanOut(_))) {
+                    results[i] = Some(StageResult::FanOut(Vec::new()));
+                }
+                if let Some(StageResult::FanOut(items)) = &mut results[i] {
+                    if items.len() <= k {
+                        items.resize(k + 1, None);
+                    }
+                    items[k] = Some(e.outputs.clone());
+                }
+            }
+        }
+    }
+    let shared = CycleShared {
+        pipeline: pipeline.clone(),
+        cycle,
+        window,
+        results: RwLock::new(results),
+        previous: Arc::new(vec![None; n]),
+        fan_keys: pipeline
+            .stages
+            .iter()
+            .map(|s| s.for_each.as_ref().map(fan_key))
+            .collect(),
+    };
+    for (s, stage) in pipeline.stages.iter().enumerate() {
+        let hit = |item: Option<(usize, Val)>| {
+            let unit = Unit {
+                stage: s,
+                item: item.as_ref().map(|(i, _)| *i),
+            };
+            keys.contains(unit_key_for(&shared, &unit, item.as_ref()).as_str())
+        };
+        let all_cached = match &stage.for_each {
+            None => hit(None),
+            Some(fan) => {
+                let items = match fan {
+                    ForEach::Literal { items, .. } => items.clone(),
+                    ForEach::Expr { expr, .. } => match expr.eval(&RunScope {
+                        shared: &shared,
+                        index: s,
+                        item: None,
+                    }) {
+                        Val::List(items) => items,
+                        _ => Vec::new(),
+                    },
+                };
+                !items.is_empty()
+                    && items
+                        .into_iter()
+                        .enumerate()
+                        .all(|(i, v)| hit(Some((i, v))))
+            }
+        };
+        if all_cached {
+            cached.insert(stage.id.clone());
+        }
+    }
+    cached
+}
