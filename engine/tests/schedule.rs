@@ -549,3 +549,53 @@ async fn a_wrong_setting_type_at_run_time_points_at_the_setting() {
     assert!(err.contains("t.yaml:7:"), "{err}");
     assert!(err.contains("does not fit"), "{err}");
 }
+
+/// A chain that makes a block every second of tokio time.
+struct Blocks {
+    origin: Instant,
+}
+
+impl Transport for Blocks {
+    fn call<'a>(
+        &'a self,
+        _: &'a gradline_engine::effects::CallScope,
+        request: gradline_engine::effects::Request,
+    ) -> BoxFuture<
+        'a,
+        Result<gradline_engine::effects::Response, gradline_engine::effects::EffectError>,
+    > {
+        Box::pin(async move {
+            assert_eq!(request.op, "block");
+            let number = self.origin.elapsed().as_secs() + 100;
+            Ok(gradline_engine::effects::Response::value(
+                serde_json::json!({ "number": number }),
+            ))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_follow_the_chain_height_when_a_chain_is_configured() {
+    let mut s = setup(
+        "chain",
+        "  tick: { uses: step, with: { tag: chain, value: '${{ cycle.window }}' } }\n",
+    );
+    s.text = s.text.replace(
+        "stages:",
+        "resources:\n  chain: { url: \"ws://127.0.0.1:9944\", netuid: 3, window_blocks: 5 }\ntrigger: { every: window }\nstages:",
+    );
+    s.cycles = Some(3);
+    s.transport = Arc::new(Live::new().with_system(
+        "chain",
+        Arc::new(Blocks {
+            origin: Instant::now(),
+        }),
+    ));
+    let reports = run(&s).await.unwrap();
+    let windows: Vec<i64> = reports.iter().map(|r| r.window).collect();
+    assert_eq!(
+        windows,
+        [20, 21, 22],
+        "block 100 / 5 blocks per window, then each next window"
+    );
+}
