@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
@@ -485,6 +487,11 @@ impl Runner {
 
     /// Runs cycles until the trigger, `cycles` or a stop says to end.
     pub async fn run(&self) -> Result<Vec<CycleReport>, RunError> {
+        let span = tracing::info_span!("run", pipeline = %self.pipeline.spec.name.value, run = %self.run_dir.info.run_id);
+        self.run_cycles().instrument(span).await
+    }
+
+    async fn run_cycles(&self) -> Result<Vec<CycleReport>, RunError> {
         let trigger = self.pipeline.spec.trigger.value.clone();
         let limit = match (&trigger, self.options.cycles) {
             (_, Some(n)) => Some(n),

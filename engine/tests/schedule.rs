@@ -599,3 +599,35 @@ async fn windows_follow_the_chain_height_when_a_chain_is_configured() {
         "block 100 / 5 blocks per window, then each next window"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cycle_past_its_deadline_is_cancelled() {
+    let mut s = setup(
+        "deadline",
+        "  slow: { uses: step, with: { tag: deadline, sleep_ms: 60000 } }\n",
+    );
+    s.text = s.text.replace("stages:", "deadline: 10s\nstages:");
+    let began = Instant::now();
+    let err = run(&s).await.unwrap_err();
+    assert_eq!(began.elapsed(), Duration::from_secs(10));
+    assert_eq!(err.to_string(), "cycle 0 passed its deadline of 10s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interval_trigger_spaces_cycles_from_their_starts() {
+    let mut s = setup(
+        "interval",
+        "  a: { uses: step, with: { tag: interval, sleep_ms: 300 } }\n",
+    );
+    s.text = s
+        .text
+        .replace("stages:", "trigger: { interval: 2s }\nstages:");
+    s.cycles = Some(3);
+    run(&s).await.unwrap();
+    let times: Vec<u128> = starts("interval")
+        .into_iter()
+        .map(|e| e.1.as_millis())
+        .collect();
+    let gaps: Vec<u128> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [2000, 2000]);
+}
