@@ -3,12 +3,10 @@
 mod display;
 mod run;
 
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Duration;
-
 use clap::{Parser, Subcommand, ValueEnum};
 use gradline_engine::{Loaded, Override, Registry, load, schema};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use crate::display::LogFormat;
 use crate::run::{RunArgs, RunFailure};
@@ -60,29 +58,8 @@ enum Command {
     /// Run a pipeline, cycle after cycle, as its trigger says.
     Run {
         file: PathBuf,
-        #[arg(long = "set", value_name = "NAME=VALUE")]
-        set: Vec<Override>,
-        /// Stop after this many cycles.
-        #[arg(long)]
-        cycles: Option<u64>,
-        /// Stages (or fan-out items) running at once; default: the number of cores.
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// Continue the newest run of this pipeline: finished stages are not redone.
-        #[arg(long)]
-        resume: bool,
-        /// Record every outside call into this folder, for `gradline replay`.
-        #[arg(long, value_name = "DIR")]
-        record: Option<PathBuf>,
-        /// The length of a window when no chain gives windows.
-        #[arg(long, default_value = "1m", value_parser = parse_duration)]
-        window: Duration,
-        /// Where run folders go.
-        #[arg(long, default_value = ".gradline/runs", value_name = "DIR")]
-        runs_dir: PathBuf,
-        /// `auto`: a live view on a terminal, text lines elsewhere; `json`: one event per line.
-        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
-        log_format: LogFormat,
+        #[command(flatten)]
+        args: RunArgs,
     },
     /// Re-run a recorded run offline and check every output digest.
     Replay {
@@ -136,12 +113,6 @@ impl From<RunFailure> for Failure {
             RunFailure::Failed(e) => Failure::Failed(e),
         }
     }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<gradline_engine::value::Duration>()
-        .map(|d| d.0)
-        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -246,28 +217,8 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Run {
-            file,
-            set,
-            cycles,
-            jobs,
-            resume,
-            record,
-            window,
-            runs_dir,
-            log_format,
-        } => {
-            let loaded = checked(load_file(&file, registry, &set)?)?;
-            let args = RunArgs {
-                set,
-                cycles,
-                jobs,
-                resume,
-                record,
-                window,
-                runs_dir,
-                log_format,
-            };
+        Command::Run { file, args } => {
+            let loaded = checked(load_file(&file, registry, &args.set)?)?;
             run::run(args, loaded).map_err(Failure::from)
         }
         Command::Replay { dir, log_format } => {

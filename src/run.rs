@@ -36,15 +36,38 @@ pub struct CycleDigests {
     pub outputs: std::collections::BTreeMap<String, String>,
 }
 
+#[derive(clap::Args)]
 pub struct RunArgs {
+    /// Override a parameter, with type checking (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<Override>,
+    /// Stop after this many cycles.
+    #[arg(long)]
     pub cycles: Option<u64>,
+    /// Stages (or fan-out items) running at once; default: the number of cores.
+    #[arg(long)]
     pub jobs: Option<usize>,
+    /// Continue the newest run of this pipeline: finished stages are not redone.
+    #[arg(long)]
     pub resume: bool,
+    /// Record every outside call into this folder, for `gradline replay`.
+    #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// The length of a window when no chain gives windows.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub window: Duration,
+    /// Where run folders go.
+    #[arg(long, default_value = ".gradline/runs", value_name = "DIR")]
     pub runs_dir: PathBuf,
+    /// `auto`: a live view on a terminal, text lines elsewhere; `json`: one event per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<gradline_engine::value::Duration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
 }
 
 /// Why `run` stopped: the pipeline is invalid (already printed), or it failed running.
