@@ -431,6 +431,14 @@ impl Scope for RunScope<'_> {
     }
 }
 
+/// What a ready stage became.
+enum Expansion {
+    /// Its units are pending.
+    Units,
+    /// It needs no unit: this is its result.
+    Settled(StageResult),
+}
+
 /// A unit of work: a stage, or one item of it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Unit {
@@ -703,7 +711,7 @@ impl Runner {
         loop {
             // Expand stages whose dependencies are all finished into units.
             while let Some((_, s)) = ready.pop_first() {
-                let finished = self.expand(
+                let expansion = self.expand(
                     shared,
                     s,
                     &mut pending,
@@ -711,9 +719,9 @@ impl Runner {
                     &mut left_in_stage,
                     &mut item_results,
                 );
-                if let Err(reason) = finished {
-                    set_result(shared, s, reason.clone());
-                    if let StageResult::Skipped(why) = &reason {
+                if let Expansion::Settled(result) = expansion {
+                    set_result(shared, s, result.clone());
+                    if let StageResult::Skipped(why) = &result {
                         summaries[s].status = "skipped".into();
                         summaries[s].reason = Some(why.clone());
                     } else {
@@ -848,8 +856,8 @@ impl Runner {
         Ok(summaries)
     }
 
-    /// Turns a ready stage into units; `Err` carries a result that needs no unit (skipped
-    /// because an upstream stage was, or a fan-out over an empty list).
+    /// Turns a ready stage into pending units, or settles it without any (skipped because an
+    /// upstream stage was, or a fan-out over an empty list).
     fn expand<'p>(
         &'p self,
         shared: &CycleShared,
@@ -858,18 +866,22 @@ impl Runner {
         item_values: &mut HashMap<Unit, Val>,
         left_in_stage: &mut [usize],
         item_results: &mut [Vec<Option<Outputs>>],
-    ) -> Result<(), StageResult> {
+    ) -> Expansion {
         let stage = &self.pipeline.stages[s];
         let results = shared
             .results
             .read()
-            .map_err(|_| StageResult::Skipped("internal: results lock".into()))?;
+            .map_err(|_| StageResult::Skipped("internal: results lock".into()));
+        let results = match results {
+            Ok(r) => r,
+            Err(settled) => return Expansion::Settled(settled),
+        };
         if let Some(&up) = stage
             .after
             .iter()
             .find(|&&d| matches!(results[d], Some(StageResult::Skipped(_))))
         {
-            return Err(StageResult::Skipped(format!(
+            return Expansion::Settled(StageResult::Skipped(format!(
                 "upstream stage `{}` was skipped",
                 self.pipeline.stages[up].id
             )));
@@ -886,7 +898,7 @@ impl Runner {
                     },
                 ));
                 left_in_stage[s] = 1;
-                return Ok(());
+                return Expansion::Units;
             }
             Some(ForEach::Literal { items, .. }) => items.clone(),
             Some(ForEach::Expr { expr, .. }) => {
@@ -898,7 +910,7 @@ impl Runner {
                 match expr.eval(&scope) {
                     Val::List(items) => items,
                     other => {
-                        return Err(StageResult::Skipped(format!(
+                        return Expansion::Settled(StageResult::Skipped(format!(
                             "`for_each` did not give a list: {other}"
                         )));
                     }
@@ -906,7 +918,7 @@ impl Runner {
             }
         };
         if items.is_empty() {
-            return Err(StageResult::FanOut(Vec::new()));
+            return Expansion::Settled(StageResult::FanOut(Vec::new()));
         }
         left_in_stage[s] = items.len();
         item_results[s] = vec![None; items.len()];
@@ -918,7 +930,7 @@ impl Runner {
             item_values.insert(unit.clone(), value);
             pending.insert((id, unit));
         }
-        Ok(())
+        Expansion::Units
     }
 
     fn unit_job(
