@@ -270,7 +270,7 @@ pub fn replay(dir: &Path, registry: &Registry, log_format: LogFormat) -> Result<
     init_tracing(format);
     let transport: Arc<dyn Transport> =
         Arc::new(Replayer::open(dir).context("cannot open the tape")?);
-    let runs = dir.join("replay");
+    let runs = std::env::temp_dir().join(format!("gradline-replay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&runs);
     let info = RunInfo {
         run_id: String::new(),
@@ -299,8 +299,9 @@ pub fn replay(dir: &Path, registry: &Registry, log_format: LogFormat) -> Result<
             StopSignal::new(),
         )?;
         runner.run().await
-    })?;
-    let replayed = digests(&reports);
+    });
+    let _ = std::fs::remove_dir_all(&runs);
+    let replayed = digests(&reports?);
     let mut mismatches = Vec::new();
     for (want, got) in recording.cycles_run.iter().zip(&replayed) {
         for (stage, digest) in &want.outputs {

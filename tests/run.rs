@@ -214,3 +214,20 @@ fn ctrl_c_stops_at_the_cycle_boundary_and_twice_cancels_now() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_committed_tape_still_replays() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = gradline(
+        root,
+        &["replay", "fixtures/tapes/hello", "--log-format", "text"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("replay matches: 2 cycle(s), 6 stage output digests identical")
+    );
+    assert!(
+        !root.join("fixtures/tapes/hello/replay").exists(),
+        "replay writes nothing into the recording"
+    );
+}
