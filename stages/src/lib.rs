@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod assign;
+pub mod codec;
 pub mod commit;
 pub mod commitment;
 pub mod compress;
