@@ -16,7 +16,7 @@ impl BitWriter {
     /// Appends the low `width` bits of `value` (width ≤ 32).
     pub fn put(&mut self, value: u32, width: u32) {
         for b in 0..width {
-            if self.bits % 8 == 0 {
+            if self.bits.is_multiple_of(8) {
                 self.bytes.push(0);
             }
             if (value >> b) & 1 == 1 {
