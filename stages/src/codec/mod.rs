@@ -154,6 +154,13 @@ pub enum CodecError {
     NonFiniteInput { index: u64, value: f32 },
 }
 
+/// The 8-byte checksum closing a topk-ef blob: the first bytes of blake3 of the rest.
+pub fn checksum(body: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&blake3::hash(body).as_bytes()[..8]);
+    out
+}
+
 /// Which codec a blob is in, by its first bytes.
 pub fn sniff(bytes: &[u8]) -> &'static str {
     if bytes.starts_with(topk_ef::MAGIC) {

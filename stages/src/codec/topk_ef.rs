@@ -137,8 +137,8 @@ pub fn encode(values: &[f32], layout: &Layout, options: &Options) -> Result<Vec<
     let mut code_bytes = codes.into_bytes();
     code_bytes.resize((k * options.value_bits as u64).div_ceil(8) as usize, 0);
     out.extend_from_slice(&code_bytes);
-    let checksum = blake3::hash(&out);
-    out.extend_from_slice(&checksum.as_bytes()[..CHECKSUM_LEN as usize]);
+    let checksum = super::checksum(&out);
+    out.extend_from_slice(&checksum);
     Ok(out)
 }
 
@@ -255,8 +255,7 @@ pub fn decode(bytes: &[u8], limits: Limits) -> Result<Sparse, CodecError> {
         });
     }
     let body_end = bytes.len() - CHECKSUM_LEN as usize;
-    let checksum = blake3::hash(&bytes[..body_end]);
-    if bytes[body_end..] != checksum.as_bytes()[..CHECKSUM_LEN as usize] {
+    if bytes[body_end..] != super::checksum(&bytes[..body_end]) {
         return Err(CodecError::ChecksumMismatch);
     }
     let mut digest = [0u8; 32];
