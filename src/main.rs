@@ -1,6 +1,7 @@
 //! The `gradline` command line: wires the engine to the stage kinds.
 
 mod display;
+mod inspect;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -68,6 +69,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
         log_format: LogFormat,
     },
+    /// Say what an artifact is (a gradient blob: codec, n, k, layout, values, checksum), or
+    /// why it is not valid.
+    Inspect { file: PathBuf },
     /// Print the JSON Schema of pipeline files (or of `plan --format json` with --plan).
     Schema {
         /// The schema of the JSON plan instead.
@@ -224,6 +228,16 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
         Command::Replay { dir, log_format } => {
             run::replay(&dir, registry, log_format).map_err(Failure::from)
         }
+        Command::Inspect { file } => match inspect::inspect(&file) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(())
+            }
+            Err(why) => {
+                eprintln!("error: {why}");
+                Err(Failure::Invalid)
+            }
+        },
         Command::Schema { plan, write } => {
             let pipeline_schema = schema::pipeline_schema(registry);
             let plan_schema = schema::plan_schema();
