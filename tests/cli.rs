@@ -126,11 +126,21 @@ fn inspect_describes_blobs_and_explains_bad_ones() {
     let ok = gradline(&["inspect", "fixtures/codec/small.topk-ef.bin"]);
     assert_eq!(ok.status.code(), Some(0));
     let text_out = text(&ok.stdout);
-    assert!(text_out.contains("codec     topk-ef v1") && text_out.contains("checksum  ok"), "{text_out}");
-    assert!(text_out.contains("n         8 parameters") && text_out.contains("k         4 entries"), "{text_out}");
+    assert!(
+        text_out.contains("codec     topk-ef v1") && text_out.contains("checksum  ok"),
+        "{text_out}"
+    );
+    assert!(
+        text_out.contains("n         8 parameters") && text_out.contains("k         4 entries"),
+        "{text_out}"
+    );
     let f16 = text(&gradline(&["inspect", "fixtures/codec/small.topk-f16.bin"]).stdout);
     assert!(f16.contains("codec     topk-f16"), "{f16}");
     let bad = gradline(&["inspect", "README.md"]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(text(&bad.stderr).contains("not a valid gradient blob"), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("not a valid gradient blob"),
+        "{}",
+        text(&bad.stderr)
+    );
 }

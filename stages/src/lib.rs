@@ -13,6 +13,7 @@ pub mod emit;
 pub mod merge;
 pub mod miners;
 pub mod publish;
+pub mod tensors;
 pub mod train;
 pub mod verify;
 pub mod wait;

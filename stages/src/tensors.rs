@@ -1,0 +1,145 @@
+//! Dense tensor sets (gradients, residuals) as safetensors files, in the parameter
+//! contract's order. safetensors does not keep tensor order, so the order is written in the
+//! metadata (`gradline.order`), and the set reads back as one flat vector plus its layout.
+
+use std::collections::HashMap;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::codec::Layout;
+
+const ORDER_KEY: &str = "gradline.order";
+const KIND_KEY: &str = "gradline.kind";
+
+/// Tensors flattened in contract order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSet {
+    pub layout: Layout,
+    pub shapes: Vec<Vec<usize>>,
+    pub values: Vec<f32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TensorError {
+    #[error("not a safetensors file: {0}")]
+    Format(String),
+    #[error("the file has no `{ORDER_KEY}` metadata: gradline does not know the tensors' order")]
+    NoOrder,
+    #[error("tensor `{0}` is listed in the order but missing")]
+    Missing(String),
+    #[error("tensor `{name}` is {dtype:?}; gradients are F32, F16 or BF16")]
+    Dtype { name: String, dtype: Dtype },
+    #[error("shapes and values disagree: {0}")]
+    Shape(String),
+}
+
+impl TensorSet {
+    /// One flat tensor.
+    pub fn flat(values: Vec<f32>) -> Self {
+        Self {
+            layout: Layout::flat(values.len() as u64),
+            shapes: vec![vec![values.len()]],
+            values,
+        }
+    }
+
+    pub fn to_safetensors(&self, kind: &str) -> Result<Vec<u8>, TensorError> {
+        let mut views = Vec::new();
+        let mut offset = 0;
+        let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for ((name, numel), shape) in self.layout.tensors.iter().zip(&self.shapes) {
+            let len = *numel as usize * 4;
+            let slice = bytes
+                .get(offset..offset + len)
+                .ok_or_else(|| TensorError::Shape(name.clone()))?;
+            views.push((
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), slice)
+                    .map_err(|e| TensorError::Shape(e.to_string()))?,
+            ));
+            offset += len;
+        }
+        let order: Vec<&str> = self
+            .layout
+            .tensors
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let metadata = HashMap::from([
+            (
+                ORDER_KEY.to_owned(),
+                serde_json::to_string(&order).unwrap_or_default(),
+            ),
+            (KIND_KEY.to_owned(), kind.to_owned()),
+        ]);
+        safetensors::serialize(views, Some(metadata))
+            .map_err(|e| TensorError::Format(e.to_string()))
+    }
+
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self, TensorError> {
+        let (_, header) =
+            SafeTensors::read_metadata(bytes).map_err(|e| TensorError::Format(e.to_string()))?;
+        let order: Vec<String> = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(ORDER_KEY))
+            .and_then(|o| serde_json::from_str(o).ok())
+            .ok_or(TensorError::NoOrder)?;
+        let file =
+            SafeTensors::deserialize(bytes).map_err(|e| TensorError::Format(e.to_string()))?;
+        let mut set = TensorSet {
+            layout: Layout {
+                tensors: Vec::new(),
+            },
+            shapes: Vec::new(),
+            values: Vec::new(),
+        };
+        for name in order {
+            let view = file
+                .tensor(&name)
+                .map_err(|_| TensorError::Missing(name.clone()))?;
+            let data = view.data();
+            match view.dtype() {
+                Dtype::F32 => set.values.extend(
+                    data.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                Dtype::F16 => set.values.extend(
+                    data.chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                Dtype::BF16 => set.values.extend(
+                    data.chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                dtype => return Err(TensorError::Dtype { name, dtype }),
+            }
+            let numel: usize = view.shape().iter().product();
+            set.layout.tensors.push((name, numel as u64));
+            set.shapes.push(view.shape().to_vec());
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_in_contract_order() {
+        let set = TensorSet {
+            layout: Layout {
+                tensors: vec![("z.weight".into(), 4), ("a.bias".into(), 2)],
+            },
+            shapes: vec![vec![2, 2], vec![2]],
+            values: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        };
+        let bytes = set.to_safetensors("gradient").unwrap();
+        assert_eq!(TensorSet::from_safetensors(&bytes).unwrap(), set);
+        assert!(matches!(
+            TensorSet::from_safetensors(b"not safetensors"),
+            Err(TensorError::Format(_))
+        ));
+    }
+}
