@@ -73,7 +73,8 @@ pub struct Sparse {
 }
 
 impl Sparse {
-    /// The dense gradient (zeros where nothing was kept).
+    /// The dense gradient (zeros where nothing was kept). This allocates `n` values: call
+    /// [`Sparse::check_layout`] against the checkpoint's contract first.
     pub fn to_dense(&self) -> Result<Vec<f32>, CodecError> {
         let n = usize::try_from(self.n).map_err(|_| CodecError::TooLarge {
             what: "n",
