@@ -17,13 +17,20 @@ fn gradient(n: usize) -> Vec<f32> {
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32
     };
-    (0..n).map(|_| (uniform() + uniform() + uniform() + uniform() - 2.0) * 1e-3).collect()
+    (0..n)
+        .map(|_| (uniform() + uniform() + uniform() + uniform() - 2.0) * 1e-3)
+        .collect()
 }
 
 fn encode(codec: &str, values: &[f32], density: f64) -> Vec<u8> {
     match codec {
         "topk-f16" => topk_f16::encode(values, density, None).unwrap(),
-        _ => topk_ef::encode(values, &Layout::flat(values.len() as u64), &topk_ef::Options::new(density)).unwrap(),
+        _ => topk_ef::encode(
+            values,
+            &Layout::flat(values.len() as u64),
+            &topk_ef::Options::new(density),
+        )
+        .unwrap(),
     }
 }
 
@@ -31,7 +38,8 @@ fn report(values: &[f32], density: f64, codec: &str, blob: &[u8]) {
     let k = select::k_for(density, values.len());
     let exact = select::top_k(values, k);
     let decoded = codec::decode(blob, Limits::default()).unwrap();
-    let truth: std::collections::HashMap<u32, f32> = exact.iter().map(|&i| (i, values[i as usize])).collect();
+    let truth: std::collections::HashMap<u32, f32> =
+        exact.iter().map(|&i| (i, values[i as usize])).collect();
     let (mut dot, mut na, mut nb, mut diff) = (0f64, 0f64, 0f64, 0f64);
     for (i, v) in decoded.indices.iter().zip(&decoded.values) {
         let t = truth.get(i).copied().unwrap_or(0.0) as f64;
@@ -71,12 +79,16 @@ fn bench(c: &mut Criterion) {
             for codec in ["topk-f16", "topk-ef"] {
                 let blob = encode(codec, &values, density);
                 report(&values, density, codec, &blob);
-                group.bench_with_input(BenchmarkId::new(format!("encode {codec}"), density), &values, |b, v| {
-                    b.iter(|| encode(codec, black_box(v), density))
-                });
-                group.bench_with_input(BenchmarkId::new(format!("decode {codec}"), density), &blob, |b, blob| {
-                    b.iter(|| codec::decode(black_box(blob), Limits::default()).unwrap())
-                });
+                group.bench_with_input(
+                    BenchmarkId::new(format!("encode {codec}"), density),
+                    &values,
+                    |b, v| b.iter(|| encode(codec, black_box(v), density)),
+                );
+                group.bench_with_input(
+                    BenchmarkId::new(format!("decode {codec}"), density),
+                    &blob,
+                    |b, blob| b.iter(|| codec::decode(black_box(blob), Limits::default()).unwrap()),
+                );
             }
         }
         group.finish();

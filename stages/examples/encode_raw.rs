@@ -9,11 +9,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: encode_raw IN.f32 DENSITY OUT.bin [topk-ef]".into());
     };
     let bytes = std::fs::read(input)?;
-    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let density: f64 = density.parse()?;
     use gradline_stages::codec::{Layout, topk_ef, topk_f16};
     let blob = match rest.first().map(String::as_str) {
-        Some("topk-ef") => topk_ef::encode(&values, &Layout::flat(values.len() as u64), &topk_ef::Options::new(density))?,
+        Some("topk-ef") => topk_ef::encode(
+            &values,
+            &Layout::flat(values.len() as u64),
+            &topk_ef::Options::new(density),
+        )?,
         _ => topk_f16::encode(&values, density, None)?,
     };
     std::fs::write(output, blob)?;

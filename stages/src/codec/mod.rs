@@ -60,6 +60,30 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// A header's `n` and `k` are within the limits, and `k ≤ n`.
+    pub fn check(&self, n: u64, k: u64) -> Result<(), CodecError> {
+        if n > self.max_params {
+            return Err(CodecError::TooLarge {
+                what: "n",
+                value: n,
+                cap: self.max_params,
+            });
+        }
+        if k > n {
+            return Err(CodecError::KExceedsN { k, n });
+        }
+        if k > self.max_entries {
+            return Err(CodecError::TooLarge {
+                what: "k",
+                value: k,
+                cap: self.max_entries,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A decoded sparse gradient: `values[i]` at `indices[i]` of `n`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sparse {

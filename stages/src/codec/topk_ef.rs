@@ -203,23 +203,7 @@ pub fn decode(bytes: &[u8], limits: Limits) -> Result<Sparse, CodecError> {
     let n = c.u64("n")?;
     let k = c.u64("k")?;
     let block = c.u32("the block size")?;
-    if n > limits.max_params {
-        return Err(CodecError::TooLarge {
-            what: "n",
-            value: n,
-            cap: limits.max_params,
-        });
-    }
-    if k > n {
-        return Err(CodecError::KExceedsN { k, n });
-    }
-    if k > limits.max_entries {
-        return Err(CodecError::TooLarge {
-            what: "k",
-            value: k,
-            cap: limits.max_entries,
-        });
-    }
+    limits.check(n, k)?;
     if block == 0 || block > 1 << 16 {
         return Err(CodecError::BadHeader(format!(
             "block size {block} is outside 1..=65536"

@@ -44,23 +44,7 @@ pub fn decode(bytes: &[u8], limits: Limits) -> Result<Sparse, CodecError> {
     let mut c = Cursor::new(bytes);
     let n = c.u32("the header's n")? as u64;
     let k = c.u32("the header's k")? as u64;
-    if n > limits.max_params {
-        return Err(CodecError::TooLarge {
-            what: "n",
-            value: n,
-            cap: limits.max_params,
-        });
-    }
-    if k > n {
-        return Err(CodecError::KExceedsN { k, n });
-    }
-    if k > limits.max_entries {
-        return Err(CodecError::TooLarge {
-            what: "k",
-            value: k,
-            cap: limits.max_entries,
-        });
-    }
+    limits.check(n, k)?;
     let index_bytes = c.take(4 * k, "the indices")?;
     let value_bytes = c.take(2 * k, "the values")?;
     c.finish()?;
