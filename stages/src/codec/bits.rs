@@ -2,39 +2,52 @@
 
 pub struct BitWriter {
     bytes: Vec<u8>,
-    bits: usize,
+    pending: u64,
+    pending_bits: u32,
 }
 
 impl BitWriter {
     pub fn with_capacity_bits(bits: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(bits.div_ceil(8)),
-            bits: 0,
-        }
+        Self { bytes: Vec::with_capacity(bits.div_ceil(8)), pending: 0, pending_bits: 0 }
     }
 
     /// Appends the low `width` bits of `value` (width ≤ 32).
     pub fn put(&mut self, value: u32, width: u32) {
-        for b in 0..width {
-            if self.bits.is_multiple_of(8) {
-                self.bytes.push(0);
-            }
-            if (value >> b) & 1 == 1 {
-                let last = self.bytes.len() - 1;
-                self.bytes[last] |= 1 << (self.bits % 8);
-            }
-            self.bits += 1;
+        let masked = if width == 32 { value as u64 } else { (value as u64) & ((1u64 << width) - 1) };
+        self.pending |= masked << self.pending_bits;
+        self.pending_bits += width;
+        while self.pending_bits >= 8 {
+            self.bytes.push(self.pending as u8);
+            self.pending >>= 8;
+            self.pending_bits -= 8;
         }
     }
 
-    /// Sets bit `position`, growing the stream as needed.
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        if self.pending_bits > 0 {
+            self.bytes.push(self.pending as u8);
+        }
+        self.bytes
+    }
+}
+
+/// A fixed-length bit vector, set bit by bit.
+pub struct BitSet {
+    bytes: Vec<u8>,
+}
+
+impl BitSet {
+    pub fn with_len_bits(bits: usize) -> Self {
+        Self { bytes: vec![0; bits.div_ceil(8)] }
+    }
+
+    /// Sets bit `position`, growing the vector if needed.
     pub fn set(&mut self, position: usize) {
         let need = position / 8 + 1;
         if self.bytes.len() < need {
             self.bytes.resize(need, 0);
         }
         self.bytes[position / 8] |= 1 << (position % 8);
-        self.bits = self.bits.max(position + 1);
     }
 
     pub fn into_bytes(self) -> Vec<u8> {

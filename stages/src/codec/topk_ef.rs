@@ -6,7 +6,7 @@
 //! error is small (≤ (hi − lo) / 60 per value). The header names the layout it covers; a
 //! blake3 checksum closes the blob. Spec: `schemas/codec-topk-ef.md`.
 
-use super::bits::{BitReader, BitWriter};
+use super::bits::{BitReader, BitSet, BitWriter};
 use super::{CodecError, Cursor, Layout, Limits, Sparse, check_finite_input, select};
 
 pub const NAME: &str = "topk-ef";
@@ -107,7 +107,7 @@ pub fn encode(values: &[f32], layout: &Layout, options: &Options) -> Result<Vec<
     }
 
     let mut lows = BitWriter::with_capacity_bits((k * low as u64) as usize);
-    let mut highs = BitWriter::with_capacity_bits(high_bits_len(n, k, low) as usize);
+    let mut highs = BitSet::with_len_bits(high_bits_len(n, k, low) as usize);
     for (i, &x) in indices.iter().enumerate() {
         lows.put(x & ((1u64 << low) - 1) as u32, low);
         highs.set((x as u64 >> low) as usize + i);
