@@ -8,12 +8,20 @@ pub struct BitWriter {
 
 impl BitWriter {
     pub fn with_capacity_bits(bits: usize) -> Self {
-        Self { bytes: Vec::with_capacity(bits.div_ceil(8)), pending: 0, pending_bits: 0 }
+        Self {
+            bytes: Vec::with_capacity(bits.div_ceil(8)),
+            pending: 0,
+            pending_bits: 0,
+        }
     }
 
     /// Appends the low `width` bits of `value` (width ≤ 32).
     pub fn put(&mut self, value: u32, width: u32) {
-        let masked = if width == 32 { value as u64 } else { (value as u64) & ((1u64 << width) - 1) };
+        let masked = if width == 32 {
+            value as u64
+        } else {
+            (value as u64) & ((1u64 << width) - 1)
+        };
         self.pending |= masked << self.pending_bits;
         self.pending_bits += width;
         while self.pending_bits >= 8 {
@@ -38,7 +46,9 @@ pub struct BitSet {
 
 impl BitSet {
     pub fn with_len_bits(bits: usize) -> Self {
-        Self { bytes: vec![0; bits.div_ceil(8)] }
+        Self {
+            bytes: vec![0; bits.div_ceil(8)],
+        }
     }
 
     /// Sets bit `position`, growing the vector if needed.
