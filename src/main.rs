@@ -69,6 +69,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
         log_format: LogFormat,
     },
+    /// Training data: tokenize text into shards, or write the demo corpus.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Say what an artifact is (a gradient blob: codec, n, k, layout, values, checksum), or
     /// why it is not valid.
     Inspect { file: PathBuf },
@@ -80,6 +83,34 @@ enum Command {
         /// Write `pipeline.schema.json` and `plan.schema.json` into this folder.
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Tokenize text files (one document each) into llm.c-format token shards with an index.
+    Tokenize {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The folder the shards and `index.json` go to.
+        #[arg(long)]
+        out: PathBuf,
+        /// `bytes` (the tiny model's) or `cl100k` (nanogpt-10m's).
+        #[arg(long, default_value = "bytes")]
+        tokenizer: gradline_stages::data::Tokenizer,
+        /// Tokens per shard.
+        #[arg(long, default_value_t = 1 << 20)]
+        shard_tokens: usize,
+    },
+    /// Write the generated demo corpus (deterministic for a seed).
+    Corpus {
+        #[arg(long)]
+        out: PathBuf,
+        /// About how many bytes.
+        #[arg(long, default_value_t = 100_000)]
+        bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -227,6 +258,31 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
         }
         Command::Replay { dir, log_format } => {
             run::replay(&dir, registry, log_format).map_err(Failure::from)
+        }
+        Command::Data(DataCommand::Tokenize {
+            files,
+            out,
+            tokenizer,
+            shard_tokens,
+        }) => {
+            let index =
+                gradline_stages::data::tokenize_files(&files, tokenizer, shard_tokens, &out)
+                    .map_err(|e| Failure::Failed(e.into()))?;
+            let tokens: u64 = index.shards.iter().map(|s| s.tokens).sum();
+            println!(
+                "{} shard(s), {tokens} tokens ({tokenizer}, vocabulary {}) in {}",
+                index.shards.len(),
+                index.vocab_size,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Data(DataCommand::Corpus { out, bytes, seed }) => {
+            let text = gradline_stages::data::demo_corpus(seed, bytes);
+            std::fs::write(&out, &text)
+                .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", out.display())))?;
+            println!("wrote {} bytes to {}", text.len(), out.display());
+            Ok(())
         }
         Command::Inspect { file } => match inspect::inspect(&file) {
             Ok(text) => {

@@ -144,3 +144,55 @@ fn inspect_describes_blobs_and_explains_bad_ones() {
         text(&bad.stderr)
     );
 }
+
+#[test]
+fn data_tokenize_reproduces_the_committed_shards() {
+    let out = std::env::temp_dir().join(format!("gradline-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let files = [
+        "fixtures/corpus/part-1.txt",
+        "fixtures/corpus/part-2.txt",
+        "fixtures/corpus/part-3.txt",
+    ];
+    let mut args = vec!["data", "tokenize"];
+    args.extend(files);
+    let out_arg = out.to_str().unwrap().to_owned();
+    args.extend(["--out", &out_arg, "--shard-tokens", "65536"]);
+    let run = gradline(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("3 shard(s), 180097 tokens (bytes, vocabulary 257)"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/shards/bytes");
+    for name in [
+        "index.json",
+        "shard_000000.bin",
+        "shard_000001.bin",
+        "shard_000002.bin",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(root.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let corpus = text(
+        &gradline(&[
+            "data",
+            "corpus",
+            "--out",
+            "/dev/stdout",
+            "--bytes",
+            "60000",
+            "--seed",
+            "1",
+        ])
+        .stdout,
+    );
+    let committed =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(files[0]))
+            .unwrap();
+    assert!(
+        corpus.starts_with(&committed),
+        "the corpus generator still writes the committed corpus"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod commit;
 pub mod commitment;
 pub mod compress;
+pub mod data;
 pub mod download;
 pub mod emit;
 pub mod merge;
