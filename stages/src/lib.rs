@@ -13,6 +13,7 @@ pub mod download;
 pub mod emit;
 pub mod merge;
 pub mod miners;
+pub mod model;
 pub mod publish;
 pub mod tensors;
 pub mod train;
