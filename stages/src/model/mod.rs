@@ -1,6 +1,7 @@
 //! The model trained and scored by the `train` and `verify` stages, on burn.
 
 pub mod gpt;
+pub mod train;
 
 pub use gpt::{Gpt, GptConfig};
 
@@ -29,6 +30,112 @@ mod tests {
             loss.is_finite() && (loss - (257f32).ln()).abs() < 1.5,
             "loss {loss}"
         );
+    }
+
+    fn corpus_batch<B: burn::tensor::backend::Backend>(
+        rows: usize,
+        cols: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 2, Int> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/shards/bytes/shard_000000.bin");
+        let tokens = crate::data::read_shard(&std::fs::read(path).unwrap()).unwrap();
+        let data: Vec<i64> = tokens[..rows * cols].iter().map(|&t| t as i64).collect();
+        Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+    }
+
+    fn options(steps: u32) -> train::TrainOptions {
+        train::TrainOptions {
+            steps,
+            lr: 3e-3,
+            warmup: 5,
+            grad_clip: 1.0,
+            weight_decay: 0.1,
+        }
+    }
+
+    #[test]
+    fn loss_falls_on_the_demo_corpus_within_50_steps() {
+        type B = Autodiff<Cpu>;
+        let device = Default::default();
+        <B as burn::tensor::backend::Backend>::seed(&device, 7);
+        let model: Gpt<B> = GptConfig::tiny().init(&device);
+        let outcome = train::train(
+            model,
+            corpus_batch::<B>(8, 65, &device),
+            &options(50),
+            |_, _| {},
+        );
+        assert!(
+            outcome.loss_before > 4.5,
+            "starts near ln 257: {}",
+            outcome.loss_before
+        );
+        assert!(
+            outcome.loss_after < 2.5,
+            "falls: {} → {}",
+            outcome.loss_before,
+            outcome.loss_after
+        );
+        assert_eq!(outcome.tokens, 8 * 64 * 50);
+    }
+
+    #[test]
+    fn the_same_inputs_give_a_bit_identical_gradient() {
+        type B = Autodiff<Cpu>;
+        let device = Default::default();
+        let run = || {
+            <B as burn::tensor::backend::Backend>::seed(&device, 11);
+            let model: Gpt<B> = GptConfig::tiny().init(&device);
+            train::train(
+                model,
+                corpus_batch::<B>(4, 33, &device),
+                &options(3),
+                |_, _| {},
+            )
+            .gradient
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a.layout, b.layout);
+        assert!(
+            a.values
+                .iter()
+                .zip(&b.values)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+        assert!(a.values.iter().any(|v| *v != 0.0));
+    }
+
+    #[test]
+    fn one_step_gives_the_raw_gradient_in_contract_order() {
+        type B = Autodiff<Cpu>;
+        let device = Default::default();
+        <B as burn::tensor::backend::Backend>::seed(&device, 3);
+        let model: Gpt<B> = GptConfig::tiny().init(&device);
+        let batch = corpus_batch::<B>(2, 17, &device);
+        let grads = model.loss(batch.clone()).backward();
+        let wte: Vec<f32> = model
+            .wte
+            .weight
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let outcome = train::train(model, batch, &options(1), |_, _| {});
+        let names: Vec<&str> = outcome
+            .gradient
+            .layout
+            .tensors
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names[0], "wte.weight");
+        assert!(
+            names.contains(&"h.1.attn.c_attn.weight") && names.contains(&"ln_f.gamma"),
+            "{names:?}"
+        );
+        assert_eq!(&outcome.gradient.values[..wte.len()], &wte[..]);
     }
 
     #[test]
