@@ -76,6 +76,7 @@ impl TensorSet {
             .map_err(|e| TensorError::Format(e.to_string()))
     }
 
+    /// Reads a set whose order is in its metadata (gradients, residuals).
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self, TensorError> {
         let (_, header) =
             SafeTensors::read_metadata(bytes).map_err(|e| TensorError::Format(e.to_string()))?;
@@ -85,6 +86,25 @@ impl TensorSet {
             .and_then(|m| m.get(ORDER_KEY))
             .and_then(|o| serde_json::from_str(o).ok())
             .ok_or(TensorError::NoOrder)?;
+        Self::read(bytes, order)
+    }
+
+    /// Reads any safetensors file: in its recorded order when it has one, else by name
+    /// (checkpoints made elsewhere).
+    pub fn from_safetensors_by_name(bytes: &[u8]) -> Result<Self, TensorError> {
+        match Self::from_safetensors(bytes) {
+            Err(TensorError::NoOrder) => {
+                let file = SafeTensors::deserialize(bytes)
+                    .map_err(|e| TensorError::Format(e.to_string()))?;
+                let mut names: Vec<String> = file.names().into_iter().map(str::to_owned).collect();
+                names.sort();
+                Self::read(bytes, names)
+            }
+            other => other,
+        }
+    }
+
+    fn read(bytes: &[u8], order: Vec<String>) -> Result<Self, TensorError> {
         let file =
             SafeTensors::deserialize(bytes).map_err(|e| TensorError::Format(e.to_string()))?;
         let mut set = TensorSet {

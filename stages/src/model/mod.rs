@@ -1,5 +1,6 @@
 //! The model trained and scored by the `train` and `verify` stages, on burn.
 
+pub mod checkpoint;
 pub mod gpt;
 pub mod train;
 
