@@ -256,6 +256,17 @@ impl StageRun {
         self.shared.cycle
     }
 
+    /// Where the pipeline's compute runs (`resources.device`).
+    pub fn stage_device(&self) -> crate::spec::Device {
+        self.shared
+            .pipeline
+            .spec
+            .resources
+            .device
+            .as_ref()
+            .map_or(crate::spec::Device::Auto, |d| d.value)
+    }
+
     pub fn window(&self) -> i64 {
         self.shared.window
     }

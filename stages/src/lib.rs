@@ -15,6 +15,7 @@ pub mod merge;
 pub mod miners;
 pub mod model;
 pub mod publish;
+pub mod store;
 pub mod tensors;
 pub mod train;
 pub mod verify;

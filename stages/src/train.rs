@@ -1,16 +1,29 @@
 //! `train`: load a checkpoint, run inner steps on the batch assigned to this miner for this
 //! window, and emit the pseudo-gradient (θ_start − θ_end) with the losses.
 
+use std::collections::BTreeMap;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
+use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError};
+use gradline_engine::schedule::StageRun;
+use gradline_engine::spec::Device;
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{CHECKPOINT, FRAGMENT_STATE, GRADIENT, JOB, RECEIPT};
+use crate::data::{INDEX_FILE, ShardIndex, assign, read_shard};
+use crate::model::checkpoint;
+use crate::model::train::{TrainOptions, train};
+use crate::model::{Cpu, GptConfig};
 use crate::require_resource;
+use crate::store;
 
 /// Train on the assigned batch and emit the pseudo-gradient.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -230,5 +243,152 @@ impl StageKind for Train {
                 ),
             ),
         ]
+    }
+
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(self.train(cx))
+    }
+}
+
+impl Train {
+    /// The model's shape.
+    pub fn model_config(&self) -> Result<GptConfig, StageError> {
+        match (self.model, &self.shape) {
+            (ModelPreset::Tiny, _) => Ok(GptConfig::tiny()),
+            (ModelPreset::NanoGpt10m, _) => Ok(GptConfig::nanogpt_10m()),
+            (ModelPreset::Custom, Some(s)) => Ok(GptConfig {
+                vocab: s.vocab as usize,
+                context: s.context as usize,
+                layers: s.layers as usize,
+                heads: s.heads as usize,
+                dim: s.dim as usize,
+            }),
+            (ModelPreset::Custom, None) => {
+                Err(StageError::final_("`model: custom` needs `shape:`"))
+            }
+        }
+    }
+
+    async fn train(&self, cx: &StageRun) -> Result<Outputs, StageError> {
+        if self.job.is_some() {
+            return Err(StageError::final_(
+                "training a fragment job is not supported yet (fragment training lands with verify and merge)",
+            ));
+        }
+        match cx.stage_device() {
+            Device::Auto | Device::Cpu => {}
+            other => {
+                return Err(StageError::final_(format!(
+                    "this build of gradline trains on the CPU only: `device: {other}` needs a build with the `{}` feature",
+                    match other {
+                        Device::Cuda(_) => "cuda",
+                        Device::Metal => "metal",
+                        _ => "wgpu",
+                    }
+                )));
+            }
+        }
+        let config = self.model_config()?;
+        let options = TrainOptions {
+            steps: cx.get(&self.steps)?.max(1),
+            lr: cx.get(&self.lr)?,
+            warmup: cx.get(&self.warmup)?,
+            grad_clip: cx.get(&self.grad_clip)? as f32,
+            weight_decay: cx.get(&self.weight_decay)? as f32,
+        };
+        let batch = cx.get(&self.batch)?.max(1) as usize;
+        let (uid, seed, data) = (cx.get(&self.uid)?, cx.get(&self.seed)?, cx.get(&self.data)?);
+
+        let Val::Artifact(checkpoint) = cx.input(&self.checkpoint)? else {
+            return Err(StageError::final_("`checkpoint` is not an artifact"));
+        };
+        let weights = cx.read_artifact(&checkpoint).await?;
+        let index: ShardIndex = serde_json::from_slice(
+            &store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?,
+        )
+        .map_err(|e| {
+            StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}"))
+        })?;
+        if index.vocab_size as usize > config.vocab {
+            return Err(StageError::final_(format!(
+                "the shards' vocabulary ({}) is larger than the model's ({})",
+                index.vocab_size, config.vocab
+            )));
+        }
+        let span = (batch * config.context + 1) as u64;
+        let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
+        let at = assign(&seed, uid, cx.window(), &counts, span)
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let shard = &index.shards[at.shard];
+        let bytes = store::get(&cx.effects, &format!("{data}/{}", shard.name)).await?;
+        if blake3::hash(&bytes).to_hex().as_str() != shard.digest {
+            return Err(StageError::retryable(format!(
+                "shard {} does not match its digest in the index",
+                shard.name
+            )));
+        }
+        let tokens = read_shard(&bytes).map_err(|e| StageError::final_(e.to_string()))?;
+        let window = tokens
+            .get(at.offset as usize..(at.offset + span) as usize)
+            .ok_or_else(|| {
+                StageError::final_(format!(
+                    "shard {} is shorter than its index says",
+                    shard.name
+                ))
+            })?
+            .to_vec();
+
+        let outcome = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
+            type B = burn::backend::Autodiff<Cpu>;
+            let device = Default::default();
+            let model = checkpoint::load::<B>(&weights, config, &device)
+                .map_err(|e| StageError::final_(e.to_string()))?;
+            let rows: Vec<i64> = (0..batch)
+                .flat_map(|r| {
+                    window[r * config.context..r * config.context + config.context + 1]
+                        .iter()
+                        .map(|&t| t as i64)
+                })
+                .collect();
+            let tensor = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(rows, [batch, config.context + 1]),
+                &device,
+            );
+            let outcome = train(model, tensor, &options, |_, _| {});
+            Ok((
+                outcome.loss_before,
+                outcome.loss_after,
+                outcome.tokens,
+                outcome.gradient,
+            ))
+        })
+        .await
+        .map_err(|e| StageError::final_(format!("training: {e}")))??;
+        let (loss_before, loss_after, tokens, gradient) = outcome;
+        let gradient_bytes = gradient
+            .to_safetensors("gradient")
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let gradient = cx.write_artifact("gradient", gradient_bytes).await?;
+        let receipt = serde_json::json!({
+            "format": "gradline.receipt/v0-unsigned",
+            "uid": uid,
+            "window": cx.window(),
+            "checkpoint": checkpoint.digest,
+            "gradient": gradient.digest,
+            "shard": shard.name,
+            "offset": at.offset,
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+        });
+        let receipt = cx
+            .write_artifact("receipt", receipt.to_string().into_bytes())
+            .await?;
+        Ok(BTreeMap::from([
+            ("gradient".to_owned(), Val::Artifact(gradient)),
+            ("loss_before".to_owned(), Val::Float(loss_before as f64)),
+            ("loss_after".to_owned(), Val::Float(loss_after as f64)),
+            ("tokens".to_owned(), Val::Int(tokens as i64)),
+            ("receipt".to_owned(), Val::Artifact(receipt)),
+        ]))
     }
 }
