@@ -338,7 +338,9 @@ impl Train {
             })?
             .to_vec();
 
-        let outcome = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
+        let total_steps = options.steps;
+        let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, f32)>();
+        let work = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
             type B = burn::backend::Autodiff<Cpu>;
             let device = Default::default();
             let model = checkpoint::load::<B>(&weights, config, &device)
@@ -354,16 +356,26 @@ impl Train {
                 TensorData::new(rows, [batch, config.context + 1]),
                 &device,
             );
-            let outcome = train(model, tensor, &options, |_, _| {});
+            let outcome = train(model, tensor, &options, |step, loss| {
+                let _ = step_tx.send((step, loss));
+            });
             Ok((
                 outcome.loss_before,
                 outcome.loss_after,
                 outcome.tokens,
                 outcome.gradient,
             ))
-        })
-        .await
-        .map_err(|e| StageError::final_(format!("training: {e}")))??;
+        });
+        while let Some((step, loss)) = step_rx.recv().await {
+            cx.progress(
+                step as u64,
+                total_steps as u64,
+                format!("step {step}/{total_steps}, loss {loss:.3}"),
+            );
+        }
+        let outcome = work
+            .await
+            .map_err(|e| StageError::final_(format!("training: {e}")))??;
         let (loss_before, loss_after, tokens, gradient) = outcome;
         let gradient_bytes = gradient
             .to_safetensors("gradient")

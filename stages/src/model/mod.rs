@@ -16,6 +16,7 @@ mod tests {
     use burn::tensor::{Int, Tensor, TensorData};
 
     use super::*;
+    use crate::model::checkpoint;
 
     #[test]
     fn forward_shapes_and_a_finite_loss() {
@@ -137,6 +138,61 @@ mod tests {
             "{names:?}"
         );
         assert_eq!(&outcome.gradient.values[..wte.len()], &wte[..]);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_on_a_toy_model() {
+        type B = Autodiff<Cpu>;
+        let config = GptConfig {
+            vocab: 8,
+            context: 4,
+            layers: 1,
+            heads: 2,
+            dim: 8,
+        };
+        let device = Default::default();
+        <B as burn::tensor::backend::Backend>::seed(&device, 9);
+        let model: Gpt<B> = config.init(&device);
+        let (bytes, _) = checkpoint::save(&model).unwrap();
+        let tokens = || {
+            Tensor::<Cpu, 2, Int>::from_data(
+                TensorData::new(vec![1i64, 5, 2, 7, 3, 0, 6, 4, 2, 1], [2, 5]),
+                &device,
+            )
+        };
+        let batch = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 2, 7, 3, 0, 6, 4, 2, 1], [2, 5]),
+            &device,
+        );
+        let raw = train::train(model, batch, &options(1), |_, _| {}).gradient;
+        let base = crate::tensors::TensorSet::from_safetensors(&bytes).unwrap();
+        let loss_with = |index: usize, delta: f32| -> f64 {
+            let mut set = base.clone();
+            set.values[index] += delta;
+            let perturbed: Gpt<Cpu> =
+                checkpoint::load(&set.to_safetensors("checkpoint").unwrap(), config, &device)
+                    .unwrap();
+            perturbed.loss(tokens()).into_scalar() as f64
+        };
+        let eps = 1e-2f32;
+        let mut checked = 0;
+        for index in (0..base.values.len()).step_by(37) {
+            let numeric = (loss_with(index, eps) - loss_with(index, -eps)) / (2.0 * eps as f64);
+            let analytic = raw.values[index] as f64;
+            if numeric.abs() < 1e-3 && analytic.abs() < 1e-3 {
+                continue;
+            }
+            let error = (numeric - analytic).abs() / numeric.abs().max(analytic.abs());
+            assert!(
+                error < 0.05,
+                "parameter {index}: finite difference {numeric}, gradient {analytic}"
+            );
+            checked += 1;
+        }
+        assert!(
+            checked >= 10,
+            "only {checked} parameters had a measurable gradient"
+        );
     }
 
     #[test]
