@@ -24,6 +24,7 @@ use crate::model::train::{TrainOptions, train};
 use crate::model::{Cpu, GptConfig};
 use crate::require_resource;
 use crate::store;
+use crate::tensors::TensorSet;
 
 /// Train on the assigned batch and emit the pseudo-gradient.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -275,19 +276,6 @@ impl Train {
                 "training a fragment job is not supported yet (fragment training lands with verify and merge)",
             ));
         }
-        match cx.stage_device() {
-            Device::Auto | Device::Cpu => {}
-            other => {
-                return Err(StageError::final_(format!(
-                    "this build of gradline trains on the CPU only: `device: {other}` needs a build with the `{}` feature",
-                    match other {
-                        Device::Cuda(_) => "cuda",
-                        Device::Metal => "metal",
-                        _ => "wgpu",
-                    }
-                )));
-            }
-        }
         let config = self.model_config()?;
         let options = TrainOptions {
             steps: cx.get(&self.steps)?.max(1),
@@ -340,31 +328,19 @@ impl Train {
 
         let total_steps = options.steps;
         let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, f32)>();
-        let work = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
-            type B = burn::backend::Autodiff<Cpu>;
-            let device = Default::default();
-            let model = checkpoint::load::<B>(&weights, config, &device)
-                .map_err(|e| StageError::final_(e.to_string()))?;
-            let rows: Vec<i64> = (0..batch)
-                .flat_map(|r| {
-                    window[r * config.context..r * config.context + config.context + 1]
-                        .iter()
-                        .map(|&t| t as i64)
-                })
-                .collect();
-            let tensor = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(rows, [batch, config.context + 1]),
-                &device,
-            );
-            let outcome = train(model, tensor, &options, |step, loss| {
-                let _ = step_tx.send((step, loss));
-            });
-            Ok((
-                outcome.loss_before,
-                outcome.loss_after,
-                outcome.tokens,
-                outcome.gradient,
-            ))
+        let device = cx.stage_device();
+        let work = tokio::task::spawn_blocking(move || {
+            train_on_device(
+                device,
+                &weights,
+                config,
+                &window,
+                batch,
+                &options,
+                |step, loss| {
+                    let _ = step_tx.send((step, loss));
+                },
+            )
         });
         while let Some((step, loss)) = step_rx.recv().await {
             cx.progress(
@@ -403,4 +379,108 @@ impl Train {
             ("receipt".to_owned(), Val::Artifact(receipt)),
         ]))
     }
+}
+
+/// What a training run hands back: losses, tokens, and the update.
+type Trained = (f32, f32, u64, TensorSet);
+
+/// Picks the backend for `device` among those compiled in; `auto` takes the first GPU
+/// backend this build has (cuda:0, then wgpu, then metal), else the CPU.
+fn train_on_device(
+    device: Device,
+    weights: &[u8],
+    config: GptConfig,
+    window: &[u32],
+    batch: usize,
+    options: &TrainOptions,
+    progress: impl FnMut(u32, f32),
+) -> Result<Trained, StageError> {
+    use burn::backend::Autodiff;
+    let device = match device {
+        Device::Auto if cfg!(feature = "cuda") => Device::Cuda(0),
+        Device::Auto if cfg!(feature = "wgpu") => Device::Wgpu,
+        Device::Auto if cfg!(feature = "metal") => Device::Metal,
+        Device::Auto => Device::Cpu,
+        other => other,
+    };
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => train_on::<Autodiff<burn::backend::Cuda>>(
+            burn::backend::cuda::CudaDevice {
+                index: index as usize,
+            },
+            weights,
+            config,
+            window,
+            batch,
+            options,
+            progress,
+        ),
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu => train_on::<Autodiff<burn::backend::Wgpu>>(
+            Default::default(),
+            weights,
+            config,
+            window,
+            batch,
+            options,
+            progress,
+        ),
+        #[cfg(feature = "metal")]
+        Device::Metal => train_on::<Autodiff<burn::backend::Metal>>(
+            Default::default(),
+            weights,
+            config,
+            window,
+            batch,
+            options,
+            progress,
+        ),
+        Device::Cpu => train_on::<Autodiff<Cpu>>(
+            Default::default(),
+            weights,
+            config,
+            window,
+            batch,
+            options,
+            progress,
+        ),
+        other => Err(StageError::final_(format!(
+            "`device: {other}` is not in this build: rebuild gradline with `--features {}`",
+            match other {
+                Device::Cuda(_) => "cuda",
+                Device::Metal => "metal",
+                _ => "wgpu",
+            }
+        ))),
+    }
+}
+
+fn train_on<B: burn::tensor::backend::AutodiffBackend>(
+    device: B::Device,
+    weights: &[u8],
+    config: GptConfig,
+    window: &[u32],
+    batch: usize,
+    options: &TrainOptions,
+    progress: impl FnMut(u32, f32),
+) -> Result<Trained, StageError> {
+    let model = checkpoint::load::<B>(weights, config, &device)
+        .map_err(|e| StageError::final_(e.to_string()))?;
+    let rows: Vec<i64> = (0..batch)
+        .flat_map(|r| {
+            window[r * config.context..r * config.context + config.context + 1]
+                .iter()
+                .map(|&t| t as i64)
+        })
+        .collect();
+    let tensor =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(rows, [batch, config.context + 1]), &device);
+    let outcome = train(model, tensor, options, progress);
+    Ok((
+        outcome.loss_before,
+        outcome.loss_after,
+        outcome.tokens,
+        outcome.gradient,
+    ))
 }

@@ -7,7 +7,6 @@ pub mod train;
 pub use gpt::{Gpt, GptConfig};
 
 /// The CPU backend every build has.
-#[cfg(feature = "flex")]
 pub type Cpu = burn::backend::Flex;
 
 #[cfg(test)]
