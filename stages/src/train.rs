@@ -330,17 +330,16 @@ impl Train {
         let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, f32)>();
         let device = cx.stage_device();
         let work = tokio::task::spawn_blocking(move || {
-            train_on_device(
-                device,
-                &weights,
+            let job = TrainJob {
+                weights: &weights,
                 config,
-                &window,
+                window: &window,
                 batch,
-                &options,
-                |step, loss| {
-                    let _ = step_tx.send((step, loss));
-                },
-            )
+                options: &options,
+            };
+            train_on_device(device, job, |step, loss| {
+                let _ = step_tx.send((step, loss));
+            })
         });
         while let Some((step, loss)) = step_rx.recv().await {
             cx.progress(
@@ -384,15 +383,21 @@ impl Train {
 /// What a training run hands back: losses, tokens, and the update.
 type Trained = (f32, f32, u64, TensorSet);
 
+/// One training run, independent of the backend.
+struct TrainJob<'a> {
+    weights: &'a [u8],
+    config: GptConfig,
+    /// `batch × context + 1` tokens.
+    window: &'a [u32],
+    batch: usize,
+    options: &'a TrainOptions,
+}
+
 /// Picks the backend for `device` among those compiled in; `auto` takes the first GPU
 /// backend this build has (cuda:0, then wgpu, then metal), else the CPU.
 fn train_on_device(
     device: Device,
-    weights: &[u8],
-    config: GptConfig,
-    window: &[u32],
-    batch: usize,
-    options: &TrainOptions,
+    job: TrainJob,
     progress: impl FnMut(u32, f32),
 ) -> Result<Trained, StageError> {
     use burn::backend::Autodiff;
@@ -409,42 +414,18 @@ fn train_on_device(
             burn::backend::cuda::CudaDevice {
                 index: index as usize,
             },
-            weights,
-            config,
-            window,
-            batch,
-            options,
+            job,
             progress,
         ),
         #[cfg(feature = "wgpu")]
-        Device::Wgpu => train_on::<Autodiff<burn::backend::Wgpu>>(
-            Default::default(),
-            weights,
-            config,
-            window,
-            batch,
-            options,
-            progress,
-        ),
+        Device::Wgpu => {
+            train_on::<Autodiff<burn::backend::Wgpu>>(Default::default(), job, progress)
+        }
         #[cfg(feature = "metal")]
-        Device::Metal => train_on::<Autodiff<burn::backend::Metal>>(
-            Default::default(),
-            weights,
-            config,
-            window,
-            batch,
-            options,
-            progress,
-        ),
-        Device::Cpu => train_on::<Autodiff<Cpu>>(
-            Default::default(),
-            weights,
-            config,
-            window,
-            batch,
-            options,
-            progress,
-        ),
+        Device::Metal => {
+            train_on::<Autodiff<burn::backend::Metal>>(Default::default(), job, progress)
+        }
+        Device::Cpu => train_on::<Autodiff<Cpu>>(Default::default(), job, progress),
         other => Err(StageError::final_(format!(
             "`device: {other}` is not in this build: rebuild gradline with `--features {}`",
             match other {
@@ -458,25 +439,22 @@ fn train_on_device(
 
 fn train_on<B: burn::tensor::backend::AutodiffBackend>(
     device: B::Device,
-    weights: &[u8],
-    config: GptConfig,
-    window: &[u32],
-    batch: usize,
-    options: &TrainOptions,
+    job: TrainJob,
     progress: impl FnMut(u32, f32),
 ) -> Result<Trained, StageError> {
-    let model = checkpoint::load::<B>(weights, config, &device)
+    let (config, context) = (job.config, job.config.context);
+    let model = checkpoint::load::<B>(job.weights, config, &device)
         .map_err(|e| StageError::final_(e.to_string()))?;
-    let rows: Vec<i64> = (0..batch)
+    let rows: Vec<i64> = (0..job.batch)
         .flat_map(|r| {
-            window[r * config.context..r * config.context + config.context + 1]
+            job.window[r * context..r * context + context + 1]
                 .iter()
                 .map(|&t| t as i64)
         })
         .collect();
     let tensor =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(rows, [batch, config.context + 1]), &device);
-    let outcome = train(model, tensor, options, progress);
+        Tensor::<B, 2, Int>::from_data(TensorData::new(rows, [job.batch, context + 1]), &device);
+    let outcome = train(model, tensor, job.options, progress);
     Ok((
         outcome.loss_before,
         outcome.loss_after,
