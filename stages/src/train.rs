@@ -393,8 +393,8 @@ struct TrainJob<'a> {
     options: &'a TrainOptions,
 }
 
-/// Picks the backend for `device` among those compiled in; `auto` takes the first GPU
-/// backend this build has (cuda:0, then wgpu, then metal), else the CPU.
+/// Picks the backend for `device` among those compiled in; `auto` is
+/// [`crate::model::best_device`].
 fn train_on_device(
     device: Device,
     job: TrainJob,
@@ -402,10 +402,7 @@ fn train_on_device(
 ) -> Result<Trained, StageError> {
     use burn::backend::Autodiff;
     let device = match device {
-        Device::Auto if cfg!(feature = "cuda") => Device::Cuda(0),
-        Device::Auto if cfg!(feature = "wgpu") => Device::Wgpu,
-        Device::Auto if cfg!(feature = "metal") => Device::Metal,
-        Device::Auto => Device::Cpu,
+        Device::Auto => crate::model::best_device(),
         other => other,
     };
     match device {

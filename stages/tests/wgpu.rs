@@ -27,6 +27,14 @@ fn max_relative_gap(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
+fn auto_finds_the_vulkan_adapter() {
+    assert_eq!(
+        gradline_stages::model::best_device(),
+        gradline_engine::spec::Device::Wgpu
+    );
+}
+
+#[test]
 fn wgpu_matches_the_cpu_backend() {
     let cpu = Default::default();
     <Cpu as Backend>::seed(&cpu, 4);

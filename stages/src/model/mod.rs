@@ -9,6 +9,44 @@ pub use gpt::{Gpt, GptConfig};
 /// The CPU backend every build has.
 pub type Cpu = burn::backend::Flex;
 
+use gradline_engine::spec::Device;
+
+/// The device `auto` means: the first GPU backend compiled in whose device is present
+/// (cuda:0, then wgpu — software Vulkan adapters count —, then metal), else the CPU.
+/// Probed once per process.
+pub fn best_device() -> Device {
+    static CHOICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        #[cfg(feature = "cuda")]
+        if usable::<burn::backend::Cuda>(&burn::backend::cuda::CudaDevice { index: 0 }) {
+            return Device::Cuda(0);
+        }
+        #[cfg(feature = "wgpu")]
+        if usable::<burn::backend::Wgpu>(&Default::default()) {
+            return Device::Wgpu;
+        }
+        #[cfg(feature = "metal")]
+        if usable::<burn::backend::Metal>(&Default::default()) {
+            return Device::Metal;
+        }
+        Device::Cpu
+    })
+}
+
+/// Whether a backend can allocate on a device; burn panics when the device is missing, so
+/// the probe runs under `catch_unwind` with the panic message silenced.
+#[cfg(any(feature = "cuda", feature = "wgpu", feature = "metal"))]
+fn usable<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<B, 1>::zeros([1], device).into_data()
+    }))
+    .is_ok();
+    std::panic::set_hook(hook);
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::Autodiff;
@@ -16,6 +54,13 @@ mod tests {
 
     use super::*;
     use crate::model::checkpoint;
+
+    #[test]
+    fn auto_is_the_cpu_in_a_build_without_gpu_backends() {
+        if !cfg!(any(feature = "cuda", feature = "wgpu", feature = "metal")) {
+            assert_eq!(best_device(), gradline_engine::spec::Device::Cpu);
+        }
+    }
 
     #[test]
     fn forward_shapes_and_a_finite_loss() {
