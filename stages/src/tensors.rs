@@ -11,6 +11,14 @@ use crate::codec::Layout;
 const ORDER_KEY: &str = "gradline.order";
 const KIND_KEY: &str = "gradline.kind";
 
+/// How values are stored in a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredDtype {
+    F32,
+    Bf16,
+}
+
 /// Tensors flattened in contract order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSet {
@@ -44,17 +52,37 @@ impl TensorSet {
     }
 
     pub fn to_safetensors(&self, kind: &str) -> Result<Vec<u8>, TensorError> {
+        self.to_safetensors_as(kind, StoredDtype::F32)
+    }
+
+    /// Writes the set with its values stored as `dtype` (bf16 halves a checkpoint).
+    pub fn to_safetensors_as(
+        &self,
+        kind: &str,
+        dtype: StoredDtype,
+    ) -> Result<Vec<u8>, TensorError> {
+        let (width, st_dtype) = match dtype {
+            StoredDtype::F32 => (4, Dtype::F32),
+            StoredDtype::Bf16 => (2, Dtype::BF16),
+        };
+        let bytes: Vec<u8> = match dtype {
+            StoredDtype::F32 => self.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            StoredDtype::Bf16 => self
+                .values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
         let mut views = Vec::new();
         let mut offset = 0;
-        let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
         for ((name, numel), shape) in self.layout.tensors.iter().zip(&self.shapes) {
-            let len = *numel as usize * 4;
+            let len = *numel as usize * width;
             let slice = bytes
                 .get(offset..offset + len)
                 .ok_or_else(|| TensorError::Shape(name.clone()))?;
             views.push((
                 name.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), slice)
+                TensorView::new(st_dtype, shape.clone(), slice)
                     .map_err(|e| TensorError::Shape(e.to_string()))?,
             ));
             offset += len;
@@ -157,6 +185,15 @@ mod tests {
         };
         let bytes = set.to_safetensors("gradient").unwrap();
         assert_eq!(TensorSet::from_safetensors(&bytes).unwrap(), set);
+        let halved = set
+            .to_safetensors_as("checkpoint", StoredDtype::Bf16)
+            .unwrap();
+        assert!(halved.len() < bytes.len());
+        assert_eq!(
+            TensorSet::from_safetensors(&halved).unwrap(),
+            set,
+            "these values are exact in bf16"
+        );
         assert!(matches!(
             TensorSet::from_safetensors(b"not safetensors"),
             Err(TensorError::Format(_))

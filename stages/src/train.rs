@@ -146,6 +146,7 @@ impl StageKind for Train {
                 "Loss on the batch after training.",
             ),
             Port::new("tokens", Type::Int, "Tokens trained on."),
+            Port::new("tokens_per_second", Type::Float, "Training throughput."),
             Port::new("receipt", RECEIPT, "A signed receipt of what was produced."),
         ];
         if self.job.is_some() {
@@ -329,6 +330,7 @@ impl Train {
         let total_steps = options.steps;
         let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, f32)>();
         let device = cx.stage_device();
+        let started = std::time::Instant::now();
         let work = tokio::task::spawn_blocking(move || {
             let job = TrainJob {
                 weights: &weights,
@@ -352,6 +354,7 @@ impl Train {
             .await
             .map_err(|e| StageError::final_(format!("training: {e}")))??;
         let (loss_before, loss_after, tokens, gradient) = outcome;
+        let seconds = started.elapsed().as_secs_f64();
         let gradient_bytes = gradient
             .to_safetensors("gradient")
             .map_err(|e| StageError::final_(e.to_string()))?;
@@ -375,6 +378,10 @@ impl Train {
             ("loss_before".to_owned(), Val::Float(loss_before as f64)),
             ("loss_after".to_owned(), Val::Float(loss_after as f64)),
             ("tokens".to_owned(), Val::Int(tokens as i64)),
+            (
+                "tokens_per_second".to_owned(),
+                Val::Float(tokens as f64 / seconds.max(1e-9)),
+            ),
             ("receipt".to_owned(), Val::Artifact(receipt)),
         ]))
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gpt::{Gpt, GptConfig};
 use super::train::parameters;
-use crate::tensors::{TensorError, TensorSet};
+use crate::tensors::{StoredDtype, TensorError, TensorSet};
 
 pub const CONTRACT_FORMAT: &str = "gradline.contract/v1";
 
@@ -62,9 +62,28 @@ pub enum CheckpointError {
 
 /// Writes a model as safetensors (F32) and returns its contract.
 pub fn save<B: Backend>(model: &Gpt<B>) -> Result<(Vec<u8>, Contract), CheckpointError> {
+    save_as(model, StoredDtype::F32)
+}
+
+/// Writes a model with its weights stored as `dtype`; the contract's digest is of the
+/// stored values (what a loader will see).
+pub fn save_as<B: Backend>(
+    model: &Gpt<B>,
+    dtype: StoredDtype,
+) -> Result<(Vec<u8>, Contract), CheckpointError> {
     let set = parameters(model);
-    let bytes = set.to_safetensors("checkpoint")?;
-    Ok((bytes, contract(&set, model.config())))
+    let bytes = set.to_safetensors_as("checkpoint", dtype)?;
+    let stored = TensorSet::from_safetensors(&bytes)?;
+    let mut contract = contract(&stored, model.config());
+    let name = match dtype {
+        StoredDtype::F32 => "F32",
+        StoredDtype::Bf16 => "BF16",
+    };
+    contract
+        .tensors
+        .iter_mut()
+        .for_each(|t| t.dtype = name.into());
+    Ok((bytes, contract))
 }
 
 /// The contract of a tensor set.
@@ -244,6 +263,22 @@ mod tests {
         assert_eq!(
             gpt2_name("h.3.attn.c_attn.weight"),
             "h.3.attn.c_attn.weight"
+        );
+    }
+
+    #[test]
+    fn bf16_checkpoints_load_to_their_stored_values() {
+        let original = model();
+        let (bytes, contract) = save_as(&original, StoredDtype::Bf16).unwrap();
+        assert!(contract.tensors.iter().all(|t| t.dtype == "BF16"));
+        let loaded: Gpt<Cpu> = load(&bytes, GptConfig::tiny(), &Default::default()).unwrap();
+        assert_eq!(digest(&parameters(&loaded)), contract.digest);
+        let (a, b) = (parameters(&original), parameters(&loaded));
+        assert!(
+            a.values
+                .iter()
+                .zip(&b.values)
+                .all(|(x, y)| (x - y).abs() <= x.abs() / 128.0)
         );
     }
 
