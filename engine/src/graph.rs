@@ -40,6 +40,8 @@ pub struct Pipeline {
     index: std::collections::HashMap<String, usize>,
     /// Each stage's position in `order`.
     rank: Vec<usize>,
+    /// Environment variables the file reads through `${{ env.NAME }}`.
+    pub env: BTreeSet<String>,
 }
 
 /// Why one stage waits for another.
@@ -138,6 +140,7 @@ pub fn compile(
         drafts: &drafts,
         index: &index,
         used_params: BTreeSet::new(),
+        used_env: BTreeSet::new(),
         diags: &mut diags,
     };
     if let Some(resources) = &spec.resources_node {
@@ -149,6 +152,7 @@ pub fn compile(
         checked.push(checker.check_stage(i, &fan_outs));
     }
     let used_params = std::mem::take(&mut checker.used_params);
+    let env = std::mem::take(&mut checker.used_env);
     for p in &params {
         if !used_params.contains(&p.name) {
             diags.push(
@@ -237,6 +241,7 @@ pub fn compile(
         graph,
         index,
         rank,
+        env,
     };
     (Some(pipeline), diags)
 }
@@ -343,6 +348,7 @@ struct Checker<'a> {
     drafts: &'a [Draft],
     index: &'a BTreeMap<&'a str, usize>,
     used_params: BTreeSet<String>,
+    used_env: BTreeSet<String>,
     diags: &'a mut Vec<Diagnostic>,
 }
 
@@ -803,6 +809,7 @@ impl Checker<'_> {
             "env" => {
                 need(self, 1, "a variable name", head)?;
                 too_long(self, 2)?;
+                self.used_env.insert(path[1].name.clone());
                 Some(Type::Text)
             }
             "item" => {
@@ -1259,6 +1266,22 @@ mod tests {
         let ok = load("t.yaml", text, &registry(), &["k=5".parse().unwrap()]);
         let plan = ok.plan(&|_| false).unwrap();
         assert_eq!(plan.stages[0].effects[0].target, "5");
+    }
+
+    #[test]
+    fn env_reads_come_from_expressions_not_text() {
+        let loaded = check(
+            "  # not env.IN_A_COMMENT\n  a: { uses: make, with: { label: '${{ env.RUN_LABEL }}' } }\n",
+        );
+        let env: Vec<&str> = loaded
+            .pipeline
+            .as_ref()
+            .unwrap()
+            .env
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(env, ["RUN_LABEL"]);
     }
 
     #[test]

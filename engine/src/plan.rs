@@ -502,22 +502,9 @@ fn plan_stage(pipeline: &Pipeline, stage: &Stage, cx: &PlanContext) -> PlannedSt
     }
 }
 
-/// Environment variables the file reads through `${{ env.NAME }}` or as token sources.
+/// Environment variables the file reads through `${{ env.NAME }}`, or as token and key sources.
 fn env_reads(pipeline: &Pipeline, cx: &PlanContext) -> Vec<PlannedEnv> {
-    let mut names = std::collections::BTreeSet::new();
-    let text = &pipeline.file.text;
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find("env.") {
-        let after = &rest[i + 4..];
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        let preceded_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
-        if end > 0 && preceded_ok {
-            names.insert(after[..end].to_owned());
-        }
-        rest = &after[end..];
-    }
+    let mut names = pipeline.env.clone();
     if let Some(hub) = &pipeline.spec.resources.hub {
         names.extend(hub.token_env.iter().cloned());
     }
