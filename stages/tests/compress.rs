@@ -1,6 +1,8 @@
 //! `compress` in a running pipeline: blobs decode to the gradient's top-k, and error
 //! feedback carries what was dropped into the next cycles.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +10,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use gradline_engine::effects::Live;
 use gradline_engine::expr::Val;
-use gradline_engine::journal::{RunDir, RunInfo};
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{Port, StageKind};
 use gradline_engine::runtime::{Outputs, StageError};
-use gradline_engine::schedule::{Quiet, RunOptions, Runner, StageRun, StopSignal};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_stages::codec::{self, Limits};
 use gradline_stages::tensors::TensorSet;
@@ -58,36 +59,16 @@ async fn sent_indices(codec: &str, feedback: bool) -> Vec<Vec<u32>> {
     );
     let mut registry = gradline_stages::registry();
     registry.register::<Grad>();
-    let loaded = gradline_engine::load("ef.yaml", &text, &registry, &[]);
-    assert!(!loaded.has_errors(), "{}", loaded.render());
-    let base = std::env::temp_dir().join(format!(
-        "gradline-ef-{codec}-{feedback}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&base);
-    let info = RunInfo {
-        run_id: String::new(),
-        pipeline: "ef".into(),
-        file: String::new(),
-        file_digest: String::new(),
-        overrides: vec![],
-    };
-    let run_dir = Arc::new(RunDir::create(&base, info).unwrap());
-    let options = RunOptions {
-        jobs: 2,
-        cycles: Some(3),
-        window: Duration::from_secs(1),
-    };
-    let runner = Runner::new(
-        Arc::new(loaded.pipeline.unwrap()),
+    let run = common::run_pipeline(
+        &format!("ef-{codec}-{feedback}"),
+        &text,
+        &registry,
         Arc::new(Live::new()),
-        Arc::new(Quiet),
-        run_dir.clone(),
-        options,
-        StopSignal::new(),
+        3,
+        Duration::from_secs(1),
     )
-    .unwrap();
-    runner.run().await.unwrap();
+    .await;
+    let run_dir = &run.dir;
     let mut out = Vec::new();
     for entry in run_dir
         .entries()
@@ -102,7 +83,6 @@ async fn sent_indices(codec: &str, feedback: bool) -> Vec<Vec<u32>> {
         assert_eq!(sparse.n, 10);
         out.push(sparse.indices);
     }
-    std::fs::remove_dir_all(&base).ok();
     out
 }
 

@@ -1,6 +1,8 @@
 //! `train` in a running pipeline: a checkpoint in, the assigned batch read through the
 //! store's effects, a pseudo-gradient out that `compress` encodes against its layout.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,11 +11,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use gradline_engine::effects::{CallScope, EffectError, Live, Request, Response, Transport};
 use gradline_engine::expr::Val;
-use gradline_engine::journal::{RunDir, RunInfo};
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{Port, StageKind};
 use gradline_engine::runtime::{Outputs, StageError};
-use gradline_engine::schedule::{Quiet, RunOptions, Runner, StageRun, StopSignal};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_stages::codec::{self, Limits};
 use gradline_stages::model::{Cpu, GptConfig, checkpoint};
@@ -93,37 +94,18 @@ stages:
 async fn train_reads_its_batch_through_the_store_and_feeds_compress() {
     let mut registry = gradline_stages::registry();
     registry.register::<Fresh>();
-    let loaded = gradline_engine::load("trainer.yaml", PIPELINE, &registry, &[]);
-    assert!(!loaded.has_errors(), "{}", loaded.render());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/shards");
     let transport = Arc::new(Live::new().with_system("store", Arc::new(FixtureStore(root))));
-    let base = std::env::temp_dir().join(format!("gradline-train-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let info = RunInfo {
-        run_id: String::new(),
-        pipeline: "trainer".into(),
-        file: String::new(),
-        file_digest: String::new(),
-        overrides: vec![],
-    };
-    let run_dir = Arc::new(RunDir::create(&base, info).unwrap());
-    let options = RunOptions {
-        jobs: 2,
-        cycles: Some(1),
-        window: Duration::from_secs(60),
-    };
-    let runner = Runner::new(
-        Arc::new(loaded.pipeline.unwrap()),
+    let run = common::run_pipeline(
+        "train",
+        PIPELINE,
+        &registry,
         transport,
-        Arc::new(Quiet),
-        run_dir.clone(),
-        options,
-        StopSignal::new(),
+        1,
+        Duration::from_secs(60),
     )
-    .unwrap();
-    if let Err(e) = runner.run().await {
-        panic!("{e}");
-    }
+    .await;
+    let run_dir = &run.dir;
     let entries = run_dir.entries().unwrap();
     let train = entries.iter().find(|e| e.stage == "train").unwrap();
     let (Val::Float(before), Val::Float(after)) =
@@ -148,5 +130,4 @@ async fn train_reads_its_batch_through_the_store_and_feeds_compress() {
     let sparse = codec::decode(&run_dir.objects.get(blob).unwrap(), Limits::default()).unwrap();
     sparse.check_layout(&gradient.layout).unwrap();
     assert_eq!(sparse.layout.as_ref(), Some(&gradient.layout));
-    std::fs::remove_dir_all(&base).ok();
 }

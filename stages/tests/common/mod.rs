@@ -1,0 +1,64 @@
+//! Running a pipeline in a test: load it (failing on any error), run it in a fresh run folder
+//! under the temp dir, and hand back the folder to read its journal and objects.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gradline_engine::effects::Transport;
+use gradline_engine::journal::{RunDir, RunInfo};
+use gradline_engine::schedule::{Quiet, RunOptions, Runner, StopSignal};
+use gradline_engine::{Registry, load};
+
+/// A run's folder; removed when dropped.
+pub struct TestRun {
+    pub dir: Arc<RunDir>,
+    base: PathBuf,
+}
+
+impl Drop for TestRun {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+pub async fn run_pipeline(
+    tag: &str,
+    text: &str,
+    registry: &Registry,
+    transport: Arc<dyn Transport>,
+    cycles: u64,
+    window: Duration,
+) -> TestRun {
+    let loaded = load(&format!("{tag}.yaml"), text, registry, &[]);
+    assert!(!loaded.has_errors(), "{}", loaded.render());
+    let pipeline = Arc::new(loaded.pipeline.unwrap());
+    let base = std::env::temp_dir().join(format!("gradline-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let info = RunInfo {
+        run_id: String::new(),
+        pipeline: pipeline.spec.name.value.clone(),
+        file: String::new(),
+        file_digest: String::new(),
+        overrides: vec![],
+    };
+    let dir = Arc::new(RunDir::create(&base, info).unwrap());
+    let options = RunOptions {
+        jobs: 2,
+        cycles: Some(cycles),
+        window,
+    };
+    let runner = Runner::new(
+        pipeline,
+        transport,
+        Arc::new(Quiet),
+        dir.clone(),
+        options,
+        StopSignal::new(),
+    )
+    .unwrap();
+    if let Err(e) = runner.run().await {
+        panic!("{e}");
+    }
+    TestRun { dir, base }
+}
