@@ -3,6 +3,7 @@
 mod display;
 mod inspect;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gradline_engine::{Loaded, Override, Registry, load, schema};
@@ -68,6 +69,12 @@ enum Command {
         dir: PathBuf,
         #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
         log_format: LogFormat,
+    },
+    /// Serve a validator's latest checkpoint over HTTP: `/get-checkpoint` (revision and
+    /// digest in headers, byte ranges) and `/health`.
+    Serve {
+        #[command(flatten)]
+        args: serve::ServeArgs,
     },
     /// Training data: tokenize text into shards, or write the demo corpus.
     #[command(subcommand)]
@@ -258,6 +265,15 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
         }
         Command::Replay { dir, log_format } => {
             run::replay(&dir, registry, log_format).map_err(Failure::from)
+        }
+        Command::Serve { args } => {
+            let name = match &args.pipeline {
+                Some(path) => checked(load_file(path, registry, &[])?)?
+                    .pipeline
+                    .map(|p| p.spec.name.value),
+                None => None,
+            };
+            serve::serve(args, name).map_err(Failure::Failed)
         }
         Command::Data(DataCommand::Tokenize {
             files,

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gradline_engine::effects::{Live, Recorder, Replayer, Transport};
+use gradline_engine::effects::{Recorder, Replayer, Transport};
 use gradline_engine::journal::{RunDir, RunInfo};
 use gradline_engine::runtime::digest_of;
 use gradline_engine::schedule::{CycleReport, RunError, RunOptions, Runner, StopSignal};
 use gradline_engine::{Loaded, Override, Registry, load};
+use gradline_stages::live;
 use serde::{Deserialize, Serialize};
 
 use crate::display::{Display, LogFormat, init_tracing, summary_table};
@@ -107,7 +108,22 @@ pub fn run(args: RunArgs, loaded: Loaded) -> Result<(), RunFailure> {
         window_ms: args.window.as_millis() as u64,
         cycles_run: Vec::new(),
     });
-    let live: Arc<dyn Transport> = Arc::new(Live::new());
+    let env = gradline_engine::preflight::process_env;
+    let not_ready = gradline_engine::preflight::check(&pipeline, &env);
+    if !not_ready.is_empty() {
+        let lines: Vec<String> = not_ready
+            .iter()
+            .map(|n| format!("  stage `{}`: {}", n.stage, n.message))
+            .collect();
+        return Err(RunFailure::Failed(anyhow::anyhow!(
+            "`{}` cannot start:\n{}",
+            pipeline.spec.name.value,
+            lines.join("\n")
+        )));
+    }
+    let live = live::connect(&pipeline, &env, &live::LiveOptions::from_env(&env))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let live: Arc<dyn Transport> = Arc::new(live);
     let recorder = match &args.record {
         Some(dir) => Some(Arc::new(
             Recorder::create(live.clone(), dir)

@@ -15,6 +15,7 @@ pub mod journal;
 pub mod node;
 pub mod params;
 pub mod plan;
+pub mod preflight;
 pub mod registry;
 pub mod runtime;
 pub mod schedule;

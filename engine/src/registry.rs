@@ -17,6 +17,7 @@ use crate::node::{DeError, Node, Spanned};
 use futures::future::BoxFuture;
 
 use crate::plan::{Effect, PlanContext};
+use crate::preflight::Preflight;
 use crate::runtime::{Outputs, StageError};
 use crate::schedule::StageRun;
 use crate::spec::Resources;
@@ -75,6 +76,11 @@ pub trait StageKind: DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 
     }
     /// The outside reads and writes one run of the stage makes, for the dry run.
     fn effects(&self, cx: &PlanContext) -> Vec<Effect>;
+    /// What must hold in the running environment before the first cycle starts (a token
+    /// set, a repository resolved): each message names what is missing.
+    fn preflight(&self, _cx: &Preflight) -> Vec<String> {
+        Vec::new()
+    }
     /// Runs one attempt. Every outside call goes through `cx.effects`. Units are polled
     /// concurrently on the scheduler's task, so long computation (training, scoring) must
     /// run in `tokio::task::spawn_blocking`, keeping timeouts and cancellation responsive.
@@ -94,6 +100,7 @@ pub trait Settings: fmt::Debug + Send + Sync {
     fn outputs(&self) -> Vec<Port>;
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic>;
     fn effects(&self, cx: &PlanContext) -> Vec<Effect>;
+    fn preflight(&self, cx: &Preflight) -> Vec<String>;
     fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>>;
     fn as_any(&self) -> &dyn Any;
 }
@@ -110,6 +117,9 @@ impl<K: StageKind> Settings for K {
     }
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
         StageKind::effects(self, cx)
+    }
+    fn preflight(&self, cx: &Preflight) -> Vec<String> {
+        StageKind::preflight(self, cx)
     }
     fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
         StageKind::run(self, cx)

@@ -256,6 +256,11 @@ impl StageRun {
         self.shared.cycle
     }
 
+    /// The pipeline's `resources:` (values may be expressions: read them with [`Self::get`]).
+    pub fn stage_resources(&self) -> &crate::spec::Resources {
+        &self.shared.pipeline.spec.resources
+    }
+
     /// Where the pipeline's compute runs (`resources.device`).
     pub fn stage_device(&self) -> crate::spec::Device {
         self.shared

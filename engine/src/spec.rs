@@ -136,8 +136,30 @@ pub struct Resources {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
-    /// The store's URL. Credentials come from the usual environment variables, never from here.
+    /// The store's URL: `file://DIR`, `memory://`, `s3://BUCKET[/PREFIX]`,
+    /// `r2://ACCOUNT/BUCKET[/PREFIX]`, `gs://BUCKET[/PREFIX]`, `az://CONTAINER[/PREFIX]`.
+    /// Credentials come from the usual environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...), never from here; with
+    /// none set, S3 and R2 reads are anonymous (public buckets).
     pub url: Value<String>,
+    /// An S3-compatible endpoint instead of AWS (MinIO, Ceph, a local server), e.g.
+    /// `https://minio.internal:9000`.
+    #[serde(default)]
+    pub endpoint: Option<Value<String>>,
+    /// The S3 region; `AWS_REGION` or `us-east-1` when unset (`auto` for R2).
+    #[serde(default)]
+    pub region: Option<Value<String>>,
+    /// Allow a plain `http://` endpoint. Off unless asked: credentials and data would cross
+    /// the network unencrypted.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Address buckets as `BUCKET.ENDPOINT` instead of the default path style
+    /// `ENDPOINT/BUCKET`.
+    #[serde(default)]
+    pub virtual_hosted: bool,
+    /// Give up on a request that makes no progress for this long (default 60s).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -151,6 +173,9 @@ pub struct HubSpec {
     /// Environment variables tried in order for the access token.
     #[serde(default = "default_token_env")]
     pub token_env: Vec<String>,
+    /// Give up on a request that makes no progress for this long (default 60s).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 /// Where a Hugging Face token is looked for, in order.
@@ -165,6 +190,9 @@ pub fn default_token_env() -> Vec<String> {
 pub struct HttpSpec {
     /// The endpoint's base URL, e.g. `http://validator.example:8080`.
     pub url: Value<String>,
+    /// Give up on a request that makes no progress for this long (default 60s).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -2,16 +2,22 @@
 //! validator's HTTP endpoint, or from the object store — trying sources in order, verifying
 //! the digest, writing atomically, refusing anything over the size cap.
 
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
+use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError, digest_of};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_engine::value::{ByteSize, Value};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{DIGEST, REVISION};
-use crate::require_resource;
+use crate::{endpoint, hub, require_resource, store};
 
 /// Fetch an artifact from the first source that serves it with the right digest.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -65,6 +71,16 @@ pub enum ArtifactKind {
     Verdicts,
     #[serde(rename = "fragment-state")]
     FragmentState,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Hub => "hub",
+            Source::Http => "http",
+            Source::Store => "store",
+        }
+    }
 }
 
 impl ArtifactKind {
@@ -192,5 +208,155 @@ impl StageKind for Download {
                 }
             })
             .collect()
+    }
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            let object = cx.get(&self.object)?;
+            let expected = match &self.digest {
+                Some(d) => Some(normalize_digest(&cx.get(d)?)?),
+                None => None,
+            };
+            let mut failures: Vec<(Source, StageError)> = Vec::new();
+            for (i, &source) in self.from.iter().enumerate() {
+                cx.progress(
+                    i as u64,
+                    self.from.len() as u64,
+                    format!("{object} from {}", source.name()),
+                );
+                let fetched =
+                    self.fetch(cx, source, &object)
+                        .await
+                        .and_then(|(bytes, revision)| {
+                            check_digest(bytes, expected.as_deref()).map(|b| (b, revision))
+                        });
+                match fetched {
+                    Ok((bytes, revision)) => {
+                        if !failures.is_empty() {
+                            tracing::warn!(stage = %cx.stage().id, source = source.name(), "{object} served by the fallback `{}`", source.name());
+                        }
+                        let (port, _) = self.artifact.port();
+                        let artifact = cx.write_artifact(port, bytes).await?;
+                        return Ok(BTreeMap::from([
+                            ("digest".to_owned(), Val::Str(artifact.digest.clone())),
+                            (port.to_owned(), Val::Artifact(artifact)),
+                            ("revision".to_owned(), Val::Str(revision)),
+                            ("source".to_owned(), Val::Str(source.name().to_owned())),
+                        ]));
+                    }
+                    Err(e) => {
+                        match self.from.get(i + 1) {
+                            Some(next) => tracing::warn!(
+                                stage = %cx.stage().id,
+                                source = source.name(),
+                                "{} failed for {object}: {}; falling back to `{}`",
+                                source.name(),
+                                chain(&e),
+                                next.name()
+                            ),
+                            None => {
+                                tracing::warn!(stage = %cx.stage().id, source = source.name(), "{} failed for {object}: {}", source.name(), chain(&e))
+                            }
+                        }
+                        failures.push((source, e));
+                    }
+                }
+            }
+            let retryable = failures.iter().any(|(_, e)| e.is_retryable());
+            let causes = failures
+                .iter()
+                .map(|(source, e)| format!("{}: {}", source.name(), chain(e)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let message = format!("no source served `{object}`: {causes}");
+            Err(match retryable {
+                true => StageError::retryable(message),
+                false => StageError::final_(message),
+            })
+        })
+    }
+}
+
+impl Download {
+    /// One source's bytes and the revision it served them at.
+    async fn fetch(
+        &self,
+        cx: &StageRun,
+        source: Source,
+        object: &str,
+    ) -> Result<(Vec<u8>, String), StageError> {
+        let max_bytes = self.max_bytes.0;
+        match source {
+            Source::Hub => {
+                let hub_spec = cx.stage_resources().hub.as_ref();
+                let repo = match (&self.repo, hub_spec.and_then(|h| h.repo.as_ref())) {
+                    (Some(repo), _) | (None, Some(repo)) => cx.get(repo)?,
+                    (None, None) => {
+                        return Err(StageError::final_("no hub repository is configured"));
+                    }
+                };
+                let revision = match &self.revision {
+                    Some(r) => cx.get(r)?,
+                    None => "main".to_owned(),
+                };
+                let args = hub::GetArgs {
+                    repo,
+                    revision,
+                    path: object.to_owned(),
+                    max_bytes,
+                };
+                let (bytes, fetched) = hub::get(&cx.effects, args).await?;
+                Ok((bytes, fetched.revision))
+            }
+            Source::Http => {
+                let (bytes, served) = endpoint::get_checkpoint(&cx.effects, max_bytes).await?;
+                Ok((bytes, served.revision))
+            }
+            Source::Store => {
+                let (bytes, stored) =
+                    store::get_capped(&cx.effects, object, Some(max_bytes)).await?;
+                let revision = stored.version.unwrap_or_else(|| digest_of(&bytes));
+                Ok((bytes, revision))
+            }
+        }
+    }
+}
+
+/// An error with its causes, on one line.
+fn chain(e: &StageError) -> String {
+    std::iter::once(e.message.as_str())
+        .chain(e.causes.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// A blake3 digest as hex, with or without a `blake3:` prefix.
+fn normalize_digest(text: &str) -> Result<String, StageError> {
+    let hex = text
+        .trim()
+        .strip_prefix("blake3:")
+        .unwrap_or(text.trim())
+        .to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(StageError::final_(format!(
+            "`digest` must be a blake3 digest (64 hex digits), got `{text}`"
+        )))
+    }
+}
+
+fn check_digest(bytes: Vec<u8>, expected: Option<&str>) -> Result<Vec<u8>, StageError> {
+    match expected {
+        Some(expected) => {
+            let actual = digest_of(&bytes);
+            if actual == expected {
+                Ok(bytes)
+            } else {
+                Err(StageError::final_(format!(
+                    "digest mismatch: got {actual}, expected {expected}"
+                )))
+            }
+        }
+        None => Ok(bytes),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gradline_engine::effects::Transport;
 use gradline_engine::journal::{RunDir, RunInfo};
-use gradline_engine::schedule::{Quiet, RunOptions, Runner, StopSignal};
+use gradline_engine::schedule::{CycleReport, Quiet, RunError, RunOptions, Runner, StopSignal};
 use gradline_engine::{Registry, load};
 
 /// A run's folder; removed when dropped.
@@ -22,6 +22,7 @@ impl Drop for TestRun {
     }
 }
 
+#[allow(dead_code)]
 pub async fn run_pipeline(
     tag: &str,
     text: &str,
@@ -30,6 +31,23 @@ pub async fn run_pipeline(
     cycles: u64,
     window: Duration,
 ) -> TestRun {
+    let (run, outcome) = try_run_pipeline(tag, text, registry, transport, cycles, window).await;
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    run
+}
+
+/// Like [`run_pipeline`], handing back the run's outcome instead of failing on it.
+#[allow(dead_code)]
+pub async fn try_run_pipeline(
+    tag: &str,
+    text: &str,
+    registry: &Registry,
+    transport: Arc<dyn Transport>,
+    cycles: u64,
+    window: Duration,
+) -> (TestRun, Result<Vec<CycleReport>, RunError>) {
     let loaded = load(&format!("{tag}.yaml"), text, registry, &[]);
     assert!(!loaded.has_errors(), "{}", loaded.render());
     let pipeline = Arc::new(loaded.pipeline.unwrap());
@@ -57,8 +75,6 @@ pub async fn run_pipeline(
         StopSignal::new(),
     )
     .unwrap();
-    if let Err(e) = runner.run().await {
-        panic!("{e}");
-    }
-    TestRun { dir, base }
+    let outcome = runner.run().await;
+    (TestRun { dir, base }, outcome)
 }

@@ -1,0 +1,132 @@
+//! The live faces of the outside systems stages call, built from a pipeline's `resources:`
+//! for a run: the object store, the model hub (Hugging Face or the embedded `local://` hub)
+//! and a validator's checkpoint endpoint; and the endpoint's server.
+//!
+//! Secrets are read here from the environment and stay inside the faces: requests, tapes,
+//! plans and errors never carry them.
+
+pub mod endpoint;
+pub mod fetch;
+pub mod hf;
+pub mod local_hub;
+pub mod object_store;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gradline_engine::Pipeline;
+use gradline_engine::effects::Live;
+use gradline_engine::preflight::resolve;
+
+use self::object_store::{StoreConfig, StoreSystem};
+
+/// The public Hugging Face Hub; `HF_ENDPOINT` replaces it (a mirror, a test server).
+pub const HUGGING_FACE: &str = "https://huggingface.co";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where live faces keep what outlives one call.
+#[derive(Clone, Debug)]
+pub struct LiveOptions {
+    /// Partial downloads waiting to resume (hub files resume in the HF cache instead).
+    pub downloads: PathBuf,
+}
+
+impl LiveOptions {
+    /// `GRADLINE_CACHE`, else `XDG_CACHE_HOME/gradline`, else `~/.cache/gradline`.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let root = env("GRADLINE_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("gradline")))
+            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache/gradline")))
+            .unwrap_or_else(|| PathBuf::from(".gradline/cache"));
+        Self {
+            downloads: root.join("downloads"),
+        }
+    }
+}
+
+/// The live systems of a pipeline's resources, with the engine's clock and randomness.
+pub fn connect(
+    pipeline: &Pipeline,
+    env: &dyn Fn(&str) -> Option<String>,
+    options: &LiveOptions,
+) -> Result<Live, String> {
+    let resources = &pipeline.spec.resources;
+    let text = |value, what: &str| {
+        resolve::<String>(pipeline, value, env).map_err(|e| format!("resources.{what}: {e}"))
+    };
+    let mut live = Live::new();
+    if let Some(store) = &resources.store {
+        let config = StoreConfig {
+            url: text(&store.url, "store.url")?,
+            endpoint: store
+                .endpoint
+                .as_ref()
+                .map(|e| text(e, "store.endpoint"))
+                .transpose()?,
+            region: store
+                .region
+                .as_ref()
+                .map(|r| text(r, "store.region"))
+                .transpose()?,
+            allow_http: store.allow_http,
+            virtual_hosted: store.virtual_hosted,
+            timeout: store.timeout.map(|d| d.0),
+        };
+        let system = StoreSystem::open(&config, env, options.downloads.clone())
+            .map_err(|e| format!("resources.store: {e}"))?;
+        live = live.with_system("store", Arc::new(system));
+    }
+    if let Some(hub) = &resources.hub {
+        let endpoint = text(&hub.endpoint, "hub.endpoint")?;
+        if endpoint.starts_with("local://") {
+            let local =
+                local_hub::LocalHub::open(&endpoint).map_err(|e| format!("resources.hub: {e}"))?;
+            live = live.with_system("hub", Arc::new(local));
+        } else {
+            let endpoint = match env("HF_ENDPOINT").filter(|e| !e.is_empty()) {
+                Some(mirror) if endpoint.trim_end_matches('/') == HUGGING_FACE => {
+                    tracing::info!(endpoint = %mirror, "HF_ENDPOINT replaces {HUGGING_FACE}");
+                    mirror
+                }
+                _ => endpoint,
+            };
+            let config = hf::HfConfig {
+                endpoint,
+                token: token(&hub.token_env, env).map(|(_, t)| t),
+                timeout: hub.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+                cache_dir: hf_cache(env),
+                attempts: 5,
+            };
+            let system = hf::HfHub::connect(&config).map_err(|e| format!("resources.hub: {e}"))?;
+            live = live.with_system("hub", Arc::new(system));
+        }
+    }
+    if let Some(http) = &resources.http {
+        let url = text(&http.url, "http.url")?;
+        let timeout = http.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
+        let system = endpoint::Endpoint::connect(&url, timeout, options.downloads.clone())
+            .map_err(|e| format!("resources.http: {e}"))?;
+        live = live.with_system("http", Arc::new(system));
+    }
+    Ok(live)
+}
+
+/// The first of the variables that holds a token: its name and value.
+pub fn token(names: &[String], env: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    names.iter().find_map(|name| {
+        env(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .map(|v| (name.clone(), v))
+    })
+}
+
+/// The HF cache folder as the Python client finds it.
+pub fn hf_cache(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| env("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+}
