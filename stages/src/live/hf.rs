@@ -170,7 +170,7 @@ impl HfHub {
                     };
                     Ok(Opened {
                         offset: start,
-                        stream: stream.map(|chunk| chunk.map_err(|e| hub_error(e))).boxed(),
+                        stream: stream.map(|chunk| chunk.map_err(hub_error)).boxed(),
                     })
                 })
             })

@@ -158,23 +158,20 @@ fn down(hub: &HubState) -> Option<Response> {
         .map(|status| (StatusCode::from_u16(status).unwrap(), "the hub is down").into_response())
 }
 
-fn authorized(hub: &HubState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &hub.token else {
-        return Ok(());
-    };
+/// The refusal of a write without the configured token.
+fn unauthorized(hub: &HubState, headers: &HeaderMap) -> Option<Response> {
+    let token = hub.token.as_ref()?;
     let sent = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if sent == format!("Bearer {token}") {
-        Ok(())
-    } else {
-        Err((
+    (sent != format!("Bearer {token}")).then(|| {
+        (
             StatusCode::UNAUTHORIZED,
             "Invalid credentials in Authorization header",
         )
-            .into_response())
-    }
+            .into_response()
+    })
 }
 
 fn not_found(what: &str) -> Response {
@@ -377,7 +374,7 @@ async fn preupload(
     if let Some(r) = down(&hub) {
         return r;
     }
-    if let Err(r) = authorized(&hub, &headers) {
+    if let Some(r) = unauthorized(&hub, &headers) {
         return r;
     }
     let files: Vec<serde_json::Value> = body["files"]
@@ -398,7 +395,7 @@ async fn commit(
     if let Some(r) = down(&hub) {
         return r;
     }
-    if let Err(r) = authorized(&hub, &headers) {
+    if let Some(r) = unauthorized(&hub, &headers) {
         return r;
     }
     let repo_id = format!("{owner}/{name}");
@@ -441,7 +438,7 @@ async fn branch(
     headers: HeaderMap,
     Path((owner, name, branch)): Path<(String, String, String)>,
 ) -> Response {
-    if let Err(r) = authorized(&hub, &headers) {
+    if let Some(r) = unauthorized(&hub, &headers) {
         return r;
     }
     let mut repos = hub.repos.lock().unwrap();
@@ -461,7 +458,7 @@ async fn tag(
     Path((owner, name, revision)): Path<(String, String, String)>,
     axum::Json(body): axum::Json<serde_json::Value>,
 ) -> Response {
-    if let Err(r) = authorized(&hub, &headers) {
+    if let Some(r) = unauthorized(&hub, &headers) {
         return r;
     }
     let mut repos = hub.repos.lock().unwrap();
@@ -481,7 +478,7 @@ async fn create(
     headers: HeaderMap,
     axum::Json(body): axum::Json<serde_json::Value>,
 ) -> Response {
-    if let Err(r) = authorized(&hub, &headers) {
+    if let Some(r) = unauthorized(&hub, &headers) {
         return r;
     }
     let repo = format!(
