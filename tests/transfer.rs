@@ -37,7 +37,10 @@ stages:
 ";
 
 fn workdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gradline-cli-transfer-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "gradline-cli-transfer-{name}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -76,15 +79,25 @@ fn serve(dir: &Path, args: &[&str]) -> Server {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let address = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}")).to_owned();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
     Server(child, address)
 }
 
 /// One HTTP/1.1 request; the status line, headers (lowercase names) and body.
 fn http_get(address: &str, path: &str, extra: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
     let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -99,7 +112,10 @@ fn http_get(address: &str, path: &str, extra: &str) -> (String, Vec<(String, Str
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
 }
 
 #[test]
@@ -109,7 +125,10 @@ fn a_run_publishes_to_the_embedded_hub_and_the_store_and_reads_both_back() {
     let out = gradline(&dir, &["run", "p.yaml", "--log-format", "text"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(std::fs::read(dir.join("store/ckpt/model.safetensors")).unwrap(), b"pretend weights");
+    assert_eq!(
+        std::fs::read(dir.join("store/ckpt/model.safetensors")).unwrap(),
+        b"pretend weights"
+    );
     let head = std::fs::read_to_string(dir.join("hub/demo/ckpt/refs/heads/main")).unwrap();
     assert_eq!(head.len(), 40);
 
@@ -118,7 +137,10 @@ fn a_run_publishes_to_the_embedded_hub_and_the_store_and_reads_both_back() {
     let (status, headers, body) = http_get(&server.1, "/get-checkpoint", "");
     assert!(status.contains("200"), "{status}");
     assert_eq!(body, b"pretend weights");
-    assert_eq!(header(&headers, "x-gradline-digest"), blake3::hash(b"pretend weights").to_hex().as_str());
+    assert_eq!(
+        header(&headers, "x-gradline-digest"),
+        blake3::hash(b"pretend weights").to_hex().as_str()
+    );
     let (status, _, body) = http_get(&server.1, "/get-checkpoint", "Range: bytes=8-\r\n");
     assert!(status.contains("206"), "{status}");
     assert_eq!(body, b"weights");

@@ -357,6 +357,20 @@ async fn a_hub_that_keeps_truncating_falls_back_and_leaves_no_partial_file() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bytes_not_matching_the_hubs_own_hash_are_refused_before_the_cache() {
+    let good = checkpoint_bytes(7, 5000);
+    let s = sources("hub-corrupt", &good, &good, b"").await;
+    *s.hub.always.lock().unwrap() = Some(Fault::Corrupt);
+    let (source, bytes) = s.download("hub-corrupt", "60s").await.unwrap();
+    assert_eq!((source.as_str(), bytes), ("http", good));
+    let blobs = s.scratch.0.join("hf-cache/models--team--ckpt/blobs");
+    assert!(
+        std::fs::read_dir(&blobs).map_or(true, |d| d.count() == 0),
+        "nothing entered the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_digest_mismatch_on_hub_and_endpoint_falls_back_to_the_store() {
     let good = checkpoint_bytes(7, 5000);
     let s = sources(

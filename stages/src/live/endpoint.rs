@@ -74,7 +74,8 @@ impl Endpoint {
             max_bytes: args.max_bytes,
             ..FetchPolicy::default()
         };
-        let partial = fetch::fetch(&blob, Some(size), policy, |offset| {
+        let mut hasher = blake3::Hasher::new();
+        let done = fetch::fetch(&blob, Some(size), policy, &mut hasher, |offset| {
             let (http, url, digest) = (self.http.clone(), url.clone(), digest.clone());
             Box::pin(async move {
                 let mut request = http.get(&url);
@@ -99,12 +100,9 @@ impl Endpoint {
             })
         })
         .await?;
-        let bytes = tokio::fs::read(&partial)
-            .await
-            .map_err(|e| fetch::io_error("reading the download", &e));
-        let _ = tokio::fs::remove_file(&partial).await;
-        let bytes = bytes?;
-        let actual = blake3::hash(&bytes).to_hex().to_string();
+        let _ = tokio::fs::remove_file(&done.partial).await;
+        let bytes = done.bytes;
+        let actual = hasher.finalize().to_hex().to_string();
         if actual != digest {
             return Err(EffectError::final_(format!(
                 "{url} sent bytes hashing to {actual}, not the announced {digest}"

@@ -45,16 +45,56 @@ pub fn partial_path(blob: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Streams `size` bytes (when known) into `blob`'s partial file, resuming across attempts,
-/// and returns the partial file's path once it holds the whole object. The caller checks
-/// the content and calls [`commit`] (or removes it). A partial file left by a killed
-/// process is resumed; one left by attempts that all failed is removed.
+/// A hash fed while the bytes stream in, so checking costs no second pass.
+pub trait Digester: Send {
+    /// Forget everything: the download restarts from its first byte.
+    fn reset(&mut self);
+    fn update(&mut self, bytes: &[u8]);
+}
+
+/// No hash: the caller checks the bytes some other way.
+pub struct Unhashed;
+
+impl Digester for Unhashed {
+    fn reset(&mut self) {}
+    fn update(&mut self, _: &[u8]) {}
+}
+
+impl Digester for blake3::Hasher {
+    fn reset(&mut self) {
+        blake3::Hasher::reset(self);
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        blake3::Hasher::update(self, bytes);
+    }
+}
+
+/// A whole download: its partial file (to [`commit`] or remove) and its bytes.
+pub struct Downloaded {
+    pub partial: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Downloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloaded")
+            .field("partial", &self.partial)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Streams `size` bytes (when known) into `blob`'s partial file and into memory, feeding
+/// `digester`, resuming across attempts; returns once the partial file holds the whole
+/// object. The caller checks the content and calls [`commit`] (or removes it). A partial
+/// file left by a killed process is resumed; one left by attempts that all failed is removed.
 pub async fn fetch<'a>(
     blob: &Path,
     size: Option<u64>,
     policy: FetchPolicy,
+    digester: &mut dyn Digester,
     open: impl Fn(u64) -> BoxFuture<'a, Result<Opened, EffectError>>,
-) -> Result<PathBuf, EffectError> {
+) -> Result<Downloaded, EffectError> {
     if let Some(size) = size
         && size > policy.max_bytes
     {
@@ -66,6 +106,7 @@ pub async fn fetch<'a>(
             .await
             .map_err(|e| io_error("creating the download folder", &e))?;
     }
+    let mut bytes = Vec::with_capacity(size.unwrap_or(0).min(policy.max_bytes) as usize);
     let mut last_error = None;
     for attempt in 0..policy.attempts.max(1) {
         if attempt > 0 {
@@ -77,11 +118,27 @@ pub async fn fetch<'a>(
             Some(size) if have > size => 0,
             _ => have,
         };
-        if size.is_some_and(|size| size == have && size > 0) {
-            return Ok(partial);
+        if bytes.len() as u64 != have {
+            bytes = match have {
+                0 => Vec::new(),
+                _ => tokio::fs::read(&partial)
+                    .await
+                    .map_err(|e| io_error("reading the partial download", &e))?,
+            };
+            bytes.truncate(have as usize);
+            digester.reset();
+            digester.update(&bytes);
         }
-        match stream_into(&partial, have, size, policy.max_bytes, &open).await {
-            Ok(()) => return Ok(partial),
+        if size.is_some_and(|size| size == have && size > 0) {
+            return Ok(Downloaded { partial, bytes });
+        }
+        let target = Target {
+            partial: &partial,
+            size,
+            max_bytes: policy.max_bytes,
+        };
+        match target.stream_into(&mut bytes, digester, &open).await {
+            Ok(()) => return Ok(Downloaded { partial, bytes }),
             Err(e) if !e.retryable => {
                 let _ = tokio::fs::remove_file(&partial).await;
                 return Err(e);
@@ -97,76 +154,90 @@ pub async fn fetch<'a>(
     Err(last_error.unwrap_or_else(|| EffectError::retryable("download failed")))
 }
 
-async fn stream_into<'a>(
-    partial: &Path,
-    have: u64,
+struct Target<'p> {
+    partial: &'p Path,
     size: Option<u64>,
     max_bytes: u64,
-    open: &impl Fn(u64) -> BoxFuture<'a, Result<Opened, EffectError>>,
-) -> Result<(), EffectError> {
-    let opened = open(have).await?;
-    let (mut file, mut written) = if opened.offset == have && have > 0 {
-        let file = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(partial)
-            .await
-            .map_err(|e| io_error("reopening the partial download", &e))?;
-        (file, have)
-    } else {
-        let file = tokio::fs::File::create(partial)
-            .await
-            .map_err(|e| io_error("creating the partial download", &e))?;
-        (file, 0)
-    };
-    if opened.offset != written {
-        return Err(EffectError::retryable(format!(
-            "the source answered from byte {} when byte {written} was asked",
-            opened.offset
-        )));
-    }
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, &mut file);
-    let mut stream = opened.stream;
-    let mut failure = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
+}
+
+impl Target<'_> {
+    /// One attempt: continues from `bytes` (what the partial file holds) where the source
+    /// allows, else starts over.
+    async fn stream_into<'a>(
+        &self,
+        bytes: &mut Vec<u8>,
+        digester: &mut dyn Digester,
+        open: &impl Fn(u64) -> BoxFuture<'a, Result<Opened, EffectError>>,
+    ) -> Result<(), EffectError> {
+        let have = bytes.len() as u64;
+        let opened = open(have).await?;
+        let mut file = if opened.offset == have && have > 0 {
+            tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(self.partial)
+                .await
+                .map_err(|e| io_error("reopening the partial download", &e))?
+        } else {
+            bytes.clear();
+            digester.reset();
+            tokio::fs::File::create(self.partial)
+                .await
+                .map_err(|e| io_error("creating the partial download", &e))?
         };
-        written += chunk.len() as u64;
-        if written > max_bytes {
-            return Err(too_large(written, max_bytes));
-        }
-        if let Some(size) = size
-            && written > size
-        {
-            return Err(EffectError::final_(format!(
-                "the source sent more than the {size} bytes it announced"
+        if opened.offset != bytes.len() as u64 {
+            return Err(EffectError::retryable(format!(
+                "the source answered from byte {} when byte {} was asked",
+                opened.offset,
+                bytes.len()
             )));
         }
-        out.write_all(&chunk)
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let mut stream = opened.stream;
+        let mut failure = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let written = (bytes.len() + chunk.len()) as u64;
+            if written > self.max_bytes {
+                return Err(too_large(written, self.max_bytes));
+            }
+            if let Some(size) = self.size
+                && written > size
+            {
+                return Err(EffectError::final_(format!(
+                    "the source sent more than the {size} bytes it announced"
+                )));
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| io_error("writing the download", &e))?;
+            digester.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        out.flush()
             .await
             .map_err(|e| io_error("writing the download", &e))?;
-    }
-    out.flush()
-        .await
-        .map_err(|e| io_error("writing the download", &e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| io_error("syncing the download", &e))?;
-    if let Some(e) = failure {
-        return Err(EffectError::retryable(format!(
-            "the download broke off after {written} bytes: {}",
-            e.message
-        )));
-    }
-    match size {
-        Some(size) if written < size => Err(EffectError::retryable(format!(
-            "the download ended after {written} of {size} bytes"
-        ))),
-        _ => Ok(()),
+        file.sync_all()
+            .await
+            .map_err(|e| io_error("syncing the download", &e))?;
+        let written = bytes.len();
+        if let Some(e) = failure {
+            return Err(EffectError::retryable(format!(
+                "the download broke off after {written} bytes: {}",
+                e.message
+            )));
+        }
+        match self.size {
+            Some(size) if (written as u64) < size => Err(EffectError::retryable(format!(
+                "the download ended after {written} of {size} bytes"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -252,19 +323,26 @@ mod tests {
         let data: Vec<u8> = (0..100u8).collect();
         let calls = Arc::new(AtomicU32::new(0));
         let offsets = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let partial = fetch(&blob, Some(100), FetchPolicy::default(), |offset| {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            offsets.lock().unwrap().push(offset);
-            let data = data.clone();
-            Box::pin(async move { Ok(chunks(&data, offset, (n == 0).then_some(3))) })
-        })
+        let done = fetch(
+            &blob,
+            Some(100),
+            FetchPolicy::default(),
+            &mut Unhashed,
+            |offset| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                offsets.lock().unwrap().push(offset);
+                let data = data.clone();
+                Box::pin(async move { Ok(chunks(&data, offset, (n == 0).then_some(3))) })
+            },
+        )
         .await
         .unwrap();
         assert_eq!(*offsets.lock().unwrap(), vec![0, 21]);
+        assert_eq!(done.bytes, data);
         assert!(!blob.exists(), "nothing is visible before commit");
-        commit(&partial, &blob).await.unwrap();
+        commit(&done.partial, &blob).await.unwrap();
         assert_eq!(std::fs::read(&blob).unwrap(), data);
-        assert!(!partial.exists());
+        assert!(!done.partial.exists());
     }
 
     #[tokio::test(start_paused = true)]
@@ -273,13 +351,44 @@ mod tests {
         let blob = dir.join("blob");
         let data: Vec<u8> = (0..50u8).collect();
         std::fs::write(partial_path(&blob), &data[..10]).unwrap();
-        let partial = fetch(&blob, Some(50), FetchPolicy::default(), |_| {
+        let mut hasher = blake3::Hasher::new();
+        let done = fetch(&blob, Some(50), FetchPolicy::default(), &mut hasher, |_| {
             let data = data.clone();
             Box::pin(async move { Ok(chunks(&data, 0, None)) })
         })
         .await
         .unwrap();
-        assert_eq!(std::fs::read(partial).unwrap(), data);
+        assert_eq!(std::fs::read(done.partial).unwrap(), data);
+        assert_eq!(done.bytes, data);
+        assert_eq!(
+            hasher.finalize(),
+            blake3::hash(&data),
+            "the hash starts over too"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_file_left_by_a_killed_process_resumes_with_its_hash() {
+        let dir = tempdir();
+        let blob = dir.join("blob");
+        let data: Vec<u8> = (0..80u8).collect();
+        std::fs::write(partial_path(&blob), &data[..30]).unwrap();
+        let mut hasher = blake3::Hasher::new();
+        let done = fetch(
+            &blob,
+            Some(80),
+            FetchPolicy::default(),
+            &mut hasher,
+            |offset| {
+                assert_eq!(offset, 30, "asks only for what is missing");
+                let data = data.clone();
+                Box::pin(async move { Ok(chunks(&data, offset, None)) })
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.bytes, data);
+        assert_eq!(hasher.finalize(), blake3::hash(&data));
     }
 
     #[tokio::test(start_paused = true)]
@@ -291,7 +400,7 @@ mod tests {
             max_bytes: 20,
             ..FetchPolicy::default()
         };
-        let err = fetch(&blob, None, policy, |_| {
+        let err = fetch(&blob, None, policy, &mut Unhashed, |_| {
             let data = data.clone();
             Box::pin(async move { Ok(chunks(&data, 0, None)) })
         })
@@ -307,18 +416,25 @@ mod tests {
         let dir = tempdir();
         let blob = dir.join("blob");
         let data = vec![1u8; 10];
-        let err = fetch(&blob, Some(20), FetchPolicy::default(), |offset| {
-            let data = data.clone();
-            Box::pin(async move {
-                Ok(Opened {
-                    offset,
-                    stream: futures::stream::iter(
-                        (offset < 10).then(|| Ok(Bytes::from(data[offset as usize..].to_vec()))),
-                    )
-                    .boxed(),
+        let err = fetch(
+            &blob,
+            Some(20),
+            FetchPolicy::default(),
+            &mut Unhashed,
+            |offset| {
+                let data = data.clone();
+                Box::pin(async move {
+                    Ok(Opened {
+                        offset,
+                        stream: futures::stream::iter(
+                            (offset < 10)
+                                .then(|| Ok(Bytes::from(data[offset as usize..].to_vec()))),
+                        )
+                        .boxed(),
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
         .unwrap_err();
         assert!(err.retryable);

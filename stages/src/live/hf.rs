@@ -148,14 +148,27 @@ impl HfHub {
         let cached = tokio::fs::metadata(&blob)
             .await
             .is_ok_and(|m| m.len() == meta.file_size);
-        if !cached {
+        let bytes = if cached {
+            let bytes = read(&blob).await?;
+            match verified(&meta.etag, bytes).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&blob).await;
+                    return Err(EffectError::retryable(format!(
+                        "{}: the cached copy is damaged ({e}); removed it",
+                        args.path
+                    )));
+                }
+            }
+        } else {
             let policy = FetchPolicy {
                 attempts: self.attempts,
                 max_bytes: args.max_bytes,
                 ..FetchPolicy::default()
             };
             let size = meta.file_size;
-            let partial = fetch::fetch(&blob, Some(size), policy, |offset| {
+            let mut hash = EtagHash::new(&meta.etag, size);
+            let done = fetch::fetch(&blob, Some(size), policy, &mut hash, |offset| {
                 let (repo, path, commit) = (repo.clone(), args.path.clone(), commit.clone());
                 Box::pin(async move {
                     let request = repo.download_file_stream().filename(path).revision(commit);
@@ -175,33 +188,17 @@ impl HfHub {
                 })
             })
             .await?;
-            let bytes = read(&partial).await?;
-            if let Err(e) = verify_etag(&meta.etag, &bytes) {
-                let _ = tokio::fs::remove_file(&partial).await;
+            if let Err(e) = hash.check() {
+                let _ = tokio::fs::remove_file(&done.partial).await;
                 return Err(EffectError::final_(format!("{}: {e}", args.path)));
             }
-            fetch::commit(&partial, &blob).await?;
-        }
+            fetch::commit(&done.partial, &blob).await?;
+            done.bytes
+        };
         link_snapshot(&blob, &snapshot).await?;
         if !hub::is_commit_sha(&args.revision) {
             let reference = folder.join("refs").join(&args.revision);
             fetch::write_atomic(&reference, commit.as_bytes()).await?;
-        }
-        let bytes = read(&blob).await?;
-        if bytes.len() as u64 != meta.file_size {
-            return Err(EffectError::final_(format!(
-                "{}: the cached file has {} bytes, the hub says {}",
-                args.path,
-                bytes.len(),
-                meta.file_size
-            )));
-        }
-        if cached && let Err(e) = verify_etag(&meta.etag, &bytes) {
-            let _ = tokio::fs::remove_file(&blob).await;
-            return Err(EffectError::retryable(format!(
-                "{}: the cached copy is damaged ({e}); removed it",
-                args.path
-            )));
         }
         let fetched = Fetched {
             revision: commit,
@@ -319,6 +316,61 @@ impl Transport for HfHub {
     }
 }
 
+/// The hash an ETag names, fed while the file streams in.
+enum EtagHash {
+    Sha256(String, sha2::Sha256),
+    GitBlob(String, u64, sha1::Sha1),
+    Unchecked,
+}
+
+impl EtagHash {
+    fn new(etag: &str, size: u64) -> Self {
+        let etag = etag.trim_matches('"').to_ascii_lowercase();
+        let mut hash = match etag.len() {
+            64 => Self::Sha256(etag, sha2::Sha256::new()),
+            40 => Self::GitBlob(etag, size, sha1::Sha1::new()),
+            _ => Self::Unchecked,
+        };
+        fetch::Digester::reset(&mut hash);
+        hash
+    }
+
+    fn check(self) -> Result<(), String> {
+        let (etag, actual) = match self {
+            Self::Sha256(etag, hasher) => (etag, hex(&hasher.finalize())),
+            Self::GitBlob(etag, _, hasher) => (etag, hex(&hasher.finalize())),
+            Self::Unchecked => return Ok(()),
+        };
+        match actual == etag {
+            true => Ok(()),
+            false => Err(format!(
+                "the content hashes to {actual}, the hub announced {etag}"
+            )),
+        }
+    }
+}
+
+impl fetch::Digester for EtagHash {
+    fn reset(&mut self) {
+        match self {
+            Self::Sha256(_, hasher) => *hasher = sha2::Sha256::new(),
+            Self::GitBlob(_, size, hasher) => {
+                *hasher = sha1::Sha1::new();
+                hasher.update(format!("blob {size}\0").as_bytes());
+            }
+            Self::Unchecked => {}
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha256(_, hasher) => hasher.update(bytes),
+            Self::GitBlob(_, _, hasher) => hasher.update(bytes),
+            Self::Unchecked => {}
+        }
+    }
+}
+
 /// Checks a file against the hub's ETag: an LFS file's is its sha256, a git file's its
 /// git blob sha1. Other ETags (e.g. from a CDN) are not hashes and are not checked.
 pub fn verify_etag(etag: &str, bytes: &[u8]) -> Result<(), String> {
@@ -340,6 +392,14 @@ pub fn verify_etag(etag: &str, bytes: &[u8]) -> Result<(), String> {
             "the content hashes to {actual}, the hub announced {etag}"
         ))
     }
+}
+
+/// [`verify_etag`] off the async threads (hashing a checkpoint takes a while).
+async fn verified(etag: &str, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let etag = etag.to_owned();
+    tokio::task::spawn_blocking(move || verify_etag(&etag, &bytes).map(|()| bytes))
+        .await
+        .map_err(|e| format!("hashing: {e}"))?
 }
 
 fn hex(bytes: &[u8]) -> String {

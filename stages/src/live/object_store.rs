@@ -23,7 +23,7 @@ use object_store::{
 };
 use serde_json::json;
 
-use super::fetch::{self, FetchPolicy, Opened};
+use super::fetch::{self, FetchPolicy, Opened, Unhashed};
 use crate::store::{GetArgs, Stored};
 
 /// Objects at least this large are uploaded in parts.
@@ -85,7 +85,7 @@ impl StoreSystem {
             ..FetchPolicy::default()
         };
         let e_tag = meta.e_tag.clone();
-        let partial = fetch::fetch(&blob, Some(meta.size), policy, |offset| {
+        let done = fetch::fetch(&blob, Some(meta.size), policy, &mut Unhashed, |offset| {
             let (store, location, e_tag) = (self.store.clone(), location.clone(), e_tag.clone());
             Box::pin(async move {
                 let options = GetOptions {
@@ -108,11 +108,8 @@ impl StoreSystem {
             })
         })
         .await?;
-        let bytes = tokio::fs::read(&partial)
-            .await
-            .map_err(|e| fetch::io_error("reading the download", &e));
-        let _ = tokio::fs::remove_file(&partial).await;
-        let bytes = bytes?;
+        let _ = tokio::fs::remove_file(&done.partial).await;
+        let bytes = done.bytes;
         let stored = Stored {
             size: bytes.len() as u64,
             version: meta.version.or(meta.e_tag),

@@ -27,11 +27,32 @@ pub enum Fault {
     Stall(Duration),
     /// Announce the full length but send only this many bytes.
     Truncate(usize),
+    /// Send every byte, one of them changed.
+    Corrupt,
+}
+
+/// A file's bytes with the hashes the hub announces, computed once.
+#[derive(Clone)]
+pub struct Blob {
+    pub bytes: Bytes,
+    pub sha256: String,
+    pub oid: String,
+}
+
+impl Blob {
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            sha256: sha256(&bytes),
+            oid: git_oid(&bytes),
+            bytes,
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Repo {
-    pub commits: HashMap<String, BTreeMap<String, Vec<u8>>>,
+    pub commits: HashMap<String, BTreeMap<String, Blob>>,
     pub branches: HashMap<String, String>,
     pub tags: HashMap<String, String>,
 }
@@ -66,9 +87,9 @@ impl HubState {
     pub fn seed(&self, repo: &str, files: &[(&str, &[u8])]) -> String {
         let mut repos = self.repos.lock().unwrap();
         let entry = repos.entry(repo.to_owned()).or_default();
-        let tree: BTreeMap<String, Vec<u8>> = files
+        let tree: BTreeMap<String, Blob> = files
             .iter()
-            .map(|(p, b)| (p.to_string(), b.to_vec()))
+            .map(|(p, b)| (p.to_string(), Blob::new(b.to_vec())))
             .collect();
         let sha = commit_sha(&tree, entry.branches.get("main"));
         entry.commits.insert(sha.clone(), tree);
@@ -81,6 +102,10 @@ impl HubState {
     }
 
     pub fn file(&self, repo: &str, revision: &str, path: &str) -> Option<Vec<u8>> {
+        self.blob(repo, revision, path).map(|b| b.bytes.to_vec())
+    }
+
+    pub fn blob(&self, repo: &str, revision: &str, path: &str) -> Option<Blob> {
         let repos = self.repos.lock().unwrap();
         let repo = repos.get(repo)?;
         let sha = resolve(repo, revision)?;
@@ -102,12 +127,12 @@ fn resolve(repo: &Repo, revision: &str) -> Option<String> {
         .cloned()
 }
 
-fn commit_sha(tree: &BTreeMap<String, Vec<u8>>, parent: Option<&String>) -> String {
+fn commit_sha(tree: &BTreeMap<String, Blob>, parent: Option<&String>) -> String {
     let mut hasher = sha1::Sha1::new();
     hasher.update(parent.map_or("", String::as_str).as_bytes());
-    for (path, bytes) in tree {
+    for (path, blob) in tree {
         hasher.update(path.as_bytes());
-        hasher.update(sha256(bytes).as_bytes());
+        hasher.update(blob.sha256.as_bytes());
     }
     hex(&hasher.finalize())
 }
@@ -148,6 +173,7 @@ pub fn router(hub: Hub) -> Router {
             any(resolve_file),
         )
         .route("/cdn/{owner}/{name}/{revision}/{*path}", any(cdn))
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(hub)
 }
 
@@ -223,13 +249,14 @@ async fn paths_info(
     let mut out = Vec::new();
     for path in body["paths"].as_array().into_iter().flatten() {
         let path = path.as_str().unwrap_or_default();
-        if let Some(bytes) = hub.file(&repo, &revision, path) {
+        if let Some(blob) = hub.blob(&repo, &revision, path) {
+            let size = blob.bytes.len();
             let mut entry = serde_json::json!({
-                "type": "file", "oid": git_oid(&bytes), "size": bytes.len(), "path": path,
+                "type": "file", "oid": blob.oid, "size": size, "path": path,
             });
-            if bytes.len() > LFS_THRESHOLD {
+            if size > LFS_THRESHOLD {
                 entry["lfs"] = serde_json::json!({
-                    "oid": sha256(&bytes), "size": bytes.len(), "pointerSize": 134,
+                    "oid": blob.sha256, "size": size, "pointerSize": 134,
                 });
                 entry["lfs"]["sha256"] = entry["lfs"]["oid"].clone();
             }
@@ -249,9 +276,9 @@ async fn resolve_file(
         return r;
     }
     let repo = format!("{owner}/{name}");
-    let (Some(sha), Some(bytes)) = (
+    let (Some(sha), Some(blob)) = (
         hub.resolve(&repo, &revision),
-        hub.file(&repo, &revision, &path),
+        hub.blob(&repo, &revision, &path),
     ) else {
         let mut response = (StatusCode::NOT_FOUND, "entry not found").into_response();
         response
@@ -259,33 +286,39 @@ async fn resolve_file(
             .insert("x-error-code", "EntryNotFound".parse().unwrap());
         return response;
     };
-    if bytes.len() > LFS_THRESHOLD {
+    if blob.bytes.len() > LFS_THRESHOLD {
+        // To another host, as the real hub's CDN redirects are (clients follow only redirects
+        // within the hub on HEAD): `127.0.0.1` and `localhost` are the same server.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("127.0.0.1")
+            .replace("127.0.0.1", "localhost");
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::FOUND;
         let h = response.headers_mut();
         h.insert(
             header::LOCATION,
-            format!("/cdn/{owner}/{name}/{sha}/{path}").parse().unwrap(),
+            format!("http://{host}/cdn/{owner}/{name}/{sha}/{path}")
+                .parse()
+                .unwrap(),
         );
         h.insert("x-repo-commit", sha.parse().unwrap());
         h.insert(
             "x-linked-etag",
-            format!("\"{}\"", sha256(&bytes)).parse().unwrap(),
+            format!("\"{}\"", blob.sha256).parse().unwrap(),
         );
-        h.insert("x-linked-size", bytes.len().to_string().parse().unwrap());
         h.insert(
-            header::ETAG,
-            format!("\"{}\"", git_oid(&bytes)).parse().unwrap(),
+            "x-linked-size",
+            blob.bytes.len().to_string().parse().unwrap(),
         );
+        h.insert(header::ETAG, format!("\"{}\"", blob.oid).parse().unwrap());
         return response;
     }
-    let mut response = serve_bytes(&hub, &method, &headers, bytes.clone()).await;
+    let mut response = serve_bytes(&hub, &method, &headers, blob.bytes.clone()).await;
     let h = response.headers_mut();
     h.insert("x-repo-commit", sha.parse().unwrap());
-    h.insert(
-        header::ETAG,
-        format!("\"{}\"", git_oid(&bytes)).parse().unwrap(),
-    );
+    h.insert(header::ETAG, format!("\"{}\"", blob.oid).parse().unwrap());
     response
 }
 
@@ -295,8 +328,8 @@ async fn cdn(
     headers: HeaderMap,
     Path((owner, name, sha, path)): Path<(String, String, String, String)>,
 ) -> Response {
-    match hub.file(&format!("{owner}/{name}"), &sha, &path) {
-        Some(bytes) => serve_bytes(&hub, &method, &headers, bytes).await,
+    match hub.blob(&format!("{owner}/{name}"), &sha, &path) {
+        Some(blob) => serve_bytes(&hub, &method, &headers, blob.bytes).await,
         None => (StatusCode::NOT_FOUND, "no such object").into_response(),
     }
 }
@@ -305,7 +338,7 @@ async fn serve_bytes(
     hub: &HubState,
     method: &Method,
     headers: &HeaderMap,
-    bytes: Vec<u8>,
+    bytes: Bytes,
 ) -> Response {
     let total = bytes.len();
     let (status, start) = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -321,7 +354,7 @@ async fn serve_bytes(
         }
         None => (StatusCode::OK, 0),
     };
-    let body = Bytes::from(bytes).slice(start..);
+    let body = bytes.slice(start..);
     let fault = if *method == Method::GET {
         *hub.downloads.lock().unwrap() += 1;
         let next = hub.faults.lock().unwrap().pop_front();
@@ -343,6 +376,13 @@ async fn serve_bytes(
                 Err(std::io::Error::other("connection reset by the fault"))
             });
             Body::from_stream(futures::stream::iter(vec![Ok(part)]).chain(broken))
+        }
+        Some(Fault::Corrupt) => {
+            let mut changed = body.to_vec();
+            if let Some(byte) = changed.last_mut() {
+                *byte ^= 0xff;
+            }
+            Body::from(changed)
         }
         None => Body::from(body),
     };
@@ -418,7 +458,7 @@ async fn commit(
                 .unwrap_or_default();
             tree.insert(
                 op["value"]["path"].as_str().unwrap_or_default().to_owned(),
-                content,
+                Blob::new(content),
             );
         }
     }
@@ -493,7 +533,7 @@ async fn create(
     // Like the real hub, a new repository starts with one commit holding `.gitattributes`.
     let tree = BTreeMap::from([(
         ".gitattributes".to_owned(),
-        b"*.safetensors filter=lfs\n".to_vec(),
+        Blob::new(b"*.safetensors filter=lfs\n".to_vec()),
     )]);
     let sha = commit_sha(&tree, None);
     let mut fresh = Repo::default();
