@@ -6,7 +6,8 @@
 //! - the same file fetched by Python's `huggingface_hub` (`hf_hub_download`) from the same
 //!   server (`GRADLINE_BENCH_PYTHON`, default `python3`; skipped if it lacks the package);
 //! - hub upload: a commit through hf-hub (preupload, then the commit with the file inline);
-//! - store upload (multipart) and download over S3 (s3s-fs), blake3 checked.
+//! - store upload (multipart) and download over S3 (s3s-fs), blake3 checked;
+//! - the same through a `file://` store: the client path without a server.
 //!
 //! `cargo bench -p gradline-stages --bench transfer`
 
@@ -155,6 +156,36 @@ fn main() {
         })
         .await;
         report("store download (S3, blake3)", store_down);
+
+        let local = StoreSystem::open(
+            &StoreConfig {
+                url: format!("file://{}", scratch.join("files").display()),
+                ..StoreConfig::default()
+            },
+            &env,
+            scratch.join("partials"),
+        )
+        .unwrap();
+        let local = Arc::new(local);
+        let file_up = best(ROUNDS, || {
+            let request = Request::new("store", "put", put.clone()).with_body(data.clone());
+            let (local, scope) = (&local, &scope);
+            async move {
+                local.call(scope, request).await.unwrap();
+            }
+        })
+        .await;
+        report("store upload (file://)", file_up);
+        let file_down = best(ROUNDS, || {
+            let request = Request::new("store", "get", get.clone());
+            let (local, scope, digest) = (&local, &scope, &digest);
+            async move {
+                let body = local.call(scope, request).await.unwrap().body.unwrap();
+                assert_eq!(&digest_of(&body), digest);
+            }
+        })
+        .await;
+        report("store download (file://, blake3)", file_down);
     });
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -48,6 +48,8 @@ pub struct StoreSystem {
     prefix: ObjectPath,
     url: String,
     partials: PathBuf,
+    /// `file://` and `memory://`: read in one piece, no partial file needed.
+    local: bool,
 }
 
 impl StoreSystem {
@@ -63,6 +65,7 @@ impl StoreSystem {
             prefix,
             url: config.url.clone(),
             partials,
+            local: config.url.starts_with("file://") || config.url.starts_with("memory://"),
         })
     }
 
@@ -76,6 +79,28 @@ impl StoreSystem {
         let location = self.location(&args.key)?;
         let meta = self.store.head(&location).await.map_err(store_error)?;
         let max_bytes = args.max_bytes.unwrap_or(u64::MAX);
+        if self.local {
+            if meta.size > max_bytes {
+                return Err(fetch::too_large(meta.size, max_bytes));
+            }
+            let bytes = self
+                .store
+                .get(&location)
+                .await
+                .map_err(store_error)?
+                .bytes()
+                .await
+                .map_err(store_error)?
+                .to_vec();
+            let stored = Stored {
+                size: bytes.len() as u64,
+                version: meta.version.or(meta.e_tag),
+            };
+            return Ok(Response {
+                value: json!(stored),
+                body: Some(bytes),
+            });
+        }
         let id = blake3::hash(
             format!("{}\n{location}\n{:?}\n{}", self.url, meta.e_tag, meta.size).as_bytes(),
         );
