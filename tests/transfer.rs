@@ -7,34 +7,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-const ROUND_TRIP: &str = "version: 1
-name: round-trip
-role: validator
-resources:
-  hub: { endpoint: \"local://hub\", repo: demo/ckpt }
-  store: { url: \"file://store\" }
-stages:
-  weights:
-    uses: emit
-    with: { text: \"pretend weights\" }
-  to-hub:
-    uses: publish
-    with: { target: hub, artifact: \"${{ stages.weights.outputs.blob }}\", path: model.safetensors, create_repo: true }
-  from-hub:
-    uses: download
-    with:
-      from: [hub]
-      object: model.safetensors
-      revision: \"${{ stages.to-hub.outputs.revision }}\"
-      digest: \"${{ stages.weights.outputs.digest }}\"
-  to-store:
-    uses: publish
-    with: { target: store, artifact: \"${{ stages.from-hub.outputs.checkpoint }}\", key: ckpt/model.safetensors }
-  from-store:
-    uses: download
-    needs: to-store
-    with: { from: [store], object: ckpt/model.safetensors, digest: \"${{ stages.weights.outputs.digest }}\" }
-";
+const ROUND_TRIP: &str = include_str!("../fixtures/run/round-trip.yaml");
 
 fn workdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -126,10 +99,11 @@ fn a_run_publishes_to_the_embedded_hub_and_the_store_and_reads_both_back() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
-        std::fs::read(dir.join("store/ckpt/model.safetensors")).unwrap(),
+        std::fs::read(dir.join(".gradline/store/ckpt/model.safetensors")).unwrap(),
         b"pretend weights"
     );
-    let head = std::fs::read_to_string(dir.join("hub/demo/ckpt/refs/heads/main")).unwrap();
+    let head =
+        std::fs::read_to_string(dir.join(".gradline/hub/demo/ckpt/refs/heads/main")).unwrap();
     assert_eq!(head.len(), 40);
 
     // `serve` hands out the newest checkpoint the run produced, with the hub revision.
