@@ -812,3 +812,80 @@ async fn the_checkpoint_endpoint_serves_ranges_with_revision_and_digest() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["revision"], "abc123");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hf_endpoint_replaces_the_public_hub_and_a_recorded_download_replays_offline() {
+    let scratch = Scratch::new("hf-endpoint");
+    let hub = HubState::new(None);
+    let weights = checkpoint_bytes(6, 4000);
+    hub.seed(REPO, &[("model.safetensors", &weights)]);
+    let at = servers::start(servers::fake_hub::router(hub.clone())).await;
+    let pipeline = format!(
+        "version: 1
+name: mirror
+role: miner
+resources:
+  hub: {{ endpoint: \"https://huggingface.co\", repo: {REPO} }}
+stages:
+  weights:
+    uses: download
+    with: {{ from: [hub], object: model.safetensors, revision: main, digest: \"{}\" }}
+",
+        digest_of(&weights)
+    );
+    let endpoint = format!("http://{at}");
+    let env = env_of(&[("HF_ENDPOINT", endpoint.as_str())], &scratch.0);
+    let tape = scratch.0.join("tape");
+    let (_run, outcome) = run("hf-endpoint", &pipeline, &env, Some(&tape)).await;
+    let recorded = outputs(&outcome.unwrap(), "weights").clone();
+    assert_eq!(text(&recorded["source"]), "hub");
+
+    // Offline: the hub is down, the tape answers.
+    *hub.down.lock().unwrap() = Some(503);
+    let registry = gradline_stages::registry();
+    let replayer = Arc::new(gradline_engine::effects::Replayer::open(&tape).unwrap());
+    let (replayed, outcome) = common::try_run_pipeline(
+        "hf-endpoint-replay",
+        &pipeline,
+        &registry,
+        replayer,
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    outcome.unwrap();
+    let entries = replayed.dir.entries().unwrap();
+    assert_eq!(outputs(&entries, "weights"), &recorded);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_to_a_missing_hub_repository_says_how_to_create_it() {
+    let scratch = Scratch::new("hub-missing");
+    let hub = HubState::new(Some(TOKEN));
+    let at = servers::start(servers::fake_hub::router(hub.clone())).await;
+    let pipeline = format!(
+        "version: 1
+name: publisher
+role: publisher
+resources:
+  hub: {{ endpoint: \"http://{at}\", repo: team/absent }}
+stages:
+  note: {{ uses: emit, with: {{ text: hello }} }}
+  up:
+    uses: publish
+    with: {{ target: hub, artifact: \"${{{{ stages.note.outputs.blob }}}}\", path: hello.txt }}
+"
+    );
+    let env = env_of(&[("HF_TOKEN", TOKEN)], &scratch.0);
+    let (_run, outcome) = run("hub-missing", &pipeline, &env, None).await;
+    let RunError::Stage { error, .. } = outcome.unwrap_err() else {
+        panic!("a stage error")
+    };
+    let message = format!("{} {}", error.message, error.causes.join(" "));
+    assert!(
+        message.contains("`team/absent` does not exist"),
+        "{message}"
+    );
+    assert!(message.contains("create_repo: true"), "{message}");
+    assert!(hub.repos.lock().unwrap().is_empty(), "nothing was created");
+}
