@@ -705,6 +705,16 @@ pub trait Scope {
     fn lookup(&self, path: &[Segment]) -> Val;
 }
 
+/// A reference a scope cannot resolve, kept symbolic by its dotted path.
+pub fn unknown(path: &[Segment]) -> Val {
+    Val::Unknown(
+        path.iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
 impl Expr {
     /// Evaluates as far as the scope knows; unknown parts stay symbolic.
     pub fn eval(&self, scope: &dyn Scope) -> Val {

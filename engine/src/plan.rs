@@ -200,14 +200,7 @@ struct PlanScope<'a> {
 
 impl Scope for PlanScope<'_> {
     fn lookup(&self, path: &[Segment]) -> Val {
-        let symbol = || {
-            Val::Unknown(
-                path.iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join("."),
-            )
-        };
+        let symbol = || crate::expr::unknown(path);
         match path.first().map(|s| s.name.as_str()) {
             Some("params") => path
                 .get(1)

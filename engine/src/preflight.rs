@@ -98,14 +98,7 @@ struct ResourceScope<'a> {
 impl Scope for ResourceScope<'_> {
     fn lookup(&self, path: &[Segment]) -> Val {
         let name = |i: usize| path.get(i).map(|s| s.name.as_str());
-        let unknown = || {
-            Val::Unknown(
-                path.iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join("."),
-            )
-        };
+        let unknown = || crate::expr::unknown(path);
         match name(0) {
             Some("params") => name(1)
                 .and_then(|n| self.pipeline.param(n))

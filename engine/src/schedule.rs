@@ -391,14 +391,7 @@ struct RunScope<'a> {
 
 impl Scope for RunScope<'_> {
     fn lookup(&self, path: &[Segment]) -> Val {
-        let unknown = || {
-            Val::Unknown(
-                path.iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join("."),
-            )
-        };
+        let unknown = || crate::expr::unknown(path);
         let name = |i: usize| path.get(i).map(|s| s.name.as_str());
         match name(0) {
             Some("params") => name(1)

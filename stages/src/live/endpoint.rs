@@ -128,11 +128,7 @@ impl Transport for Endpoint {
     ) -> BoxFuture<'a, Result<Response, EffectError>> {
         Box::pin(async move {
             match request.op.as_str() {
-                "get" => {
-                    let args = serde_json::from_value(request.args)
-                        .map_err(|e| EffectError::final_(format!("http get: {e}")))?;
-                    self.get(args).await
-                }
+                "get" => self.get(super::args(&request)?).await,
                 op => Err(EffectError::final_(format!(
                     "the checkpoint endpoint has no operation `{op}`"
                 ))),

@@ -16,6 +16,7 @@ use serde_json::json;
 use sha1::Digest as _;
 
 use super::fetch::{self, FetchPolicy, Opened};
+use super::{HubFace, answer_hub};
 use crate::hub::{self, CommitArgs, Committed, Fetched, GetArgs, TagArgs};
 
 /// How to reach a hub, resolved for a run. The token never leaves this struct.
@@ -84,7 +85,9 @@ impl HfHub {
     pub fn cache_dir(&self) -> &Path {
         self.client.cache_dir()
     }
+}
 
+impl HubFace for HfHub {
     async fn get(&self, args: GetArgs) -> Result<Response, EffectError> {
         let (owner, name) = hub::split_repo(&args.repo).map_err(EffectError::final_)?;
         let repo = self.client.model(owner, name);
@@ -291,28 +294,7 @@ impl Transport for HfHub {
         _scope: &'a CallScope,
         request: Request,
     ) -> BoxFuture<'a, Result<Response, EffectError>> {
-        Box::pin(async move {
-            let bad =
-                |e: serde_json::Error| EffectError::final_(format!("hub {}: {e}", request.op));
-            match request.op.as_str() {
-                "get" => {
-                    self.get(serde_json::from_value(request.args.clone()).map_err(bad)?)
-                        .await
-                }
-                "commit" => {
-                    let args = serde_json::from_value(request.args.clone()).map_err(bad)?;
-                    self.commit(args, request.body.as_deref().unwrap_or_default())
-                        .await
-                }
-                "tag" => {
-                    self.tag(serde_json::from_value(request.args.clone()).map_err(bad)?)
-                        .await
-                }
-                op => Err(EffectError::final_(format!(
-                    "the hub has no operation `{op}`"
-                ))),
-            }
-        })
+        Box::pin(answer_hub(self, request))
     }
 }
 

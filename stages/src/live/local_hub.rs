@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::fetch::{self, io_error};
+use super::{HubFace, answer_hub};
 use crate::hub::{self, CommitArgs, Committed, Fetched, GetArgs, TagArgs};
 
 pub struct LocalHub {
@@ -114,7 +115,9 @@ impl LocalHub {
         serde_json::from_slice(&text)
             .map_err(|e| EffectError::final_(format!("commit {sha} is damaged: {e}")))
     }
+}
 
+impl HubFace for LocalHub {
     async fn get(&self, args: GetArgs) -> Result<Response, EffectError> {
         let dir = self.existing_repo(&args.repo)?;
         let sha = self.resolve(&args.repo, &args.revision)?;
@@ -234,28 +237,7 @@ impl Transport for LocalHub {
         _scope: &'a CallScope,
         request: Request,
     ) -> BoxFuture<'a, Result<Response, EffectError>> {
-        Box::pin(async move {
-            let bad =
-                |e: serde_json::Error| EffectError::final_(format!("hub {}: {e}", request.op));
-            match request.op.as_str() {
-                "get" => {
-                    self.get(serde_json::from_value(request.args.clone()).map_err(bad)?)
-                        .await
-                }
-                "commit" => {
-                    let args = serde_json::from_value(request.args.clone()).map_err(bad)?;
-                    self.commit(args, request.body.as_deref().unwrap_or_default())
-                        .await
-                }
-                "tag" => {
-                    self.tag(serde_json::from_value(request.args.clone()).map_err(bad)?)
-                        .await
-                }
-                op => Err(EffectError::final_(format!(
-                    "the hub has no operation `{op}`"
-                ))),
-            }
-        })
+        Box::pin(answer_hub(self, request))
     }
 }
 

@@ -17,8 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gradline_engine::Pipeline;
-use gradline_engine::effects::Live;
+use gradline_engine::effects::{EffectError, Live, Request, Response};
 use gradline_engine::preflight::resolve;
+use serde::de::DeserializeOwned;
+
+use crate::hub::{CommitArgs, GetArgs, TagArgs};
 
 use self::object_store::{StoreConfig, StoreSystem};
 
@@ -129,4 +132,39 @@ pub fn hf_cache(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     env("HF_HUB_CACHE")
         .map(PathBuf::from)
         .or_else(|| env("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+}
+
+/// A request's arguments as its operation's type; anything else is a final error.
+pub(crate) fn args<T: DeserializeOwned>(request: &Request) -> Result<T, EffectError> {
+    serde_json::from_value(request.args.clone())
+        .map_err(|e| EffectError::final_(format!("{} {}: {e}", request.system, request.op)))
+}
+
+/// What every hub face answers (the operations of [`crate::hub`]).
+pub(crate) trait HubFace: Send + Sync {
+    fn get(&self, args: GetArgs) -> impl Future<Output = Result<Response, EffectError>> + Send;
+    fn commit(
+        &self,
+        args: CommitArgs,
+        body: &[u8],
+    ) -> impl Future<Output = Result<Response, EffectError>> + Send;
+    fn tag(&self, args: TagArgs) -> impl Future<Output = Result<Response, EffectError>> + Send;
+}
+
+/// Routes a `hub` request to a face.
+pub(crate) async fn answer_hub<H: HubFace>(
+    face: &H,
+    request: Request,
+) -> Result<Response, EffectError> {
+    match request.op.as_str() {
+        "get" => face.get(args(&request)?).await,
+        "commit" => {
+            let body = request.body.as_deref().unwrap_or_default();
+            face.commit(args(&request)?, body).await
+        }
+        "tag" => face.tag(args(&request)?).await,
+        op => Err(EffectError::final_(format!(
+            "the hub has no operation `{op}`"
+        ))),
+    }
 }

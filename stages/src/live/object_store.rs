@@ -186,11 +186,7 @@ impl Transport for StoreSystem {
     ) -> BoxFuture<'a, Result<Response, EffectError>> {
         Box::pin(async move {
             match request.op.as_str() {
-                "get" => {
-                    let args: GetArgs = serde_json::from_value(request.args)
-                        .map_err(|e| EffectError::final_(format!("store get: {e}")))?;
-                    self.get(args).await
-                }
+                "get" => self.get(super::args(&request)?).await,
                 "put" => {
                     let key = request.args["key"]
                         .as_str()
