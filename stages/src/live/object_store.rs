@@ -358,3 +358,54 @@ fn open_store(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(
+        url: &str,
+        endpoint: Option<&str>,
+    ) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+        let config = StoreConfig {
+            url: url.into(),
+            endpoint: endpoint.map(str::to_owned),
+            ..StoreConfig::default()
+        };
+        open_store(&config, &|_| None)
+    }
+
+    #[test]
+    fn urls_choose_the_store_and_keep_their_prefix() {
+        let (_, prefix) = open("s3://bucket/runs/7", None).unwrap();
+        assert_eq!(prefix.as_ref(), "runs/7");
+        let (_, prefix) = open("r2://0123abcd/bucket/ckpt", None).unwrap();
+        assert_eq!(prefix.as_ref(), "ckpt");
+        let (_, prefix) = open("memory://scratch", None).unwrap();
+        assert_eq!(prefix.as_ref(), "scratch");
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_expected() {
+        let e = open("r2://bucket-only", None).err().unwrap();
+        assert!(e.contains("r2://ACCOUNT_ID/BUCKET"), "{e}");
+        let e = open("ftp://host/x", None).err().unwrap();
+        assert!(e.contains("unknown store scheme `ftp`"), "{e}");
+        let e = open("checkpoints", None).err().unwrap();
+        assert!(e.contains("not a store URL"), "{e}");
+        let e = open("s3://bucket", Some("http://minio:9000"))
+            .err()
+            .unwrap();
+        assert!(e.contains("allow_http: true"), "{e}");
+        assert!(open("s3://bucket", Some("https://minio:9000")).is_ok());
+    }
+
+    #[test]
+    fn a_file_store_creates_its_folder() {
+        let dir = std::env::temp_dir().join(format!("gradline-store-url-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        open(&format!("file://{}", dir.display()), None).unwrap();
+        assert!(dir.is_dir());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
