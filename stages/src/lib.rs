@@ -23,6 +23,7 @@ pub mod tensors;
 pub mod train;
 pub mod verify;
 pub mod wait;
+pub mod weights;
 
 use gradline_engine::Registry;
 
