@@ -205,6 +205,9 @@ pub struct ChainSpec {
     /// Blocks per window (Bittensor's tempo is 360; the embedded ledger defaults to 10).
     #[serde(default)]
     pub window_blocks: Option<Value<u32>>,
+    /// The embedded ledger: how often a block is made (default 12s, Bittensor's).
+    #[serde(default)]
+    pub block_time: Option<Duration>,
 }
 
 /// A signing key, always read from outside the file.

@@ -2,16 +2,24 @@
 //! repo and revision) or weights computed from scores. Idempotent: a value already on chain
 //! is not committed again.
 
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
+use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{SCORES, WEIGHTS};
+use crate::chain::{self, Commitment as Committed, WeightsArgs};
 use crate::require_resource;
+use crate::weights::{self, Burn, Policy};
 
 /// Write a commitment or weights to the chain.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -223,5 +231,124 @@ impl StageKind for Commit {
             ),
             effect.note(note),
         ]
+    }
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            let netuid = match cx.stage_resources().chain.as_ref() {
+                Some(c) => cx.get(&c.netuid)?,
+                None => {
+                    return Err(StageError::final_(
+                        "writing to the chain needs `resources.chain`",
+                    ));
+                }
+            };
+            match self.what {
+                What::Commitment => self.commit_fields(cx, netuid).await,
+                What::Weights => self.set_weights(cx, netuid).await,
+            }
+        })
+    }
+}
+
+impl Commit {
+    async fn commit_fields(&self, cx: &StageRun, netuid: u16) -> Result<Outputs, StageError> {
+        let fields = self
+            .commitment
+            .as_ref()
+            .ok_or_else(|| StageError::final_("`commitment:` is missing"))?;
+        let get = |v: &Option<Value<String>>| v.as_ref().map(|v| cx.get(v)).transpose();
+        let data = Committed {
+            v: Committed::VERSION,
+            repo: get(&fields.repo)?,
+            revision: get(&fields.revision)?,
+            digest: get(&fields.digest)?,
+        };
+        let written = chain::commit(
+            &cx.effects,
+            chain::CommitArgs {
+                netuid,
+                data: data.encode(),
+            },
+        )
+        .await?;
+        if written.skipped {
+            tracing::info!(stage = %cx.stage().id, block = written.block, "already committed: skipped");
+        }
+        Ok(BTreeMap::from([
+            ("block".to_owned(), Val::Int(written.block as i64)),
+            ("extrinsic".to_owned(), Val::Str(written.extrinsic)),
+        ]))
+    }
+
+    async fn set_weights(&self, cx: &StageRun, netuid: u16) -> Result<Outputs, StageError> {
+        let input = self
+            .scores
+            .as_ref()
+            .ok_or_else(|| StageError::final_("`scores:` is missing"))?;
+        let json = match cx.input(input)? {
+            Val::Artifact(a) => serde_json::from_slice(&cx.read_artifact(&a).await?)
+                .map_err(|e| StageError::final_(format!("the scores are not JSON: {e}")))?,
+            other => other.to_json(),
+        };
+        let scores = weights::parse_scores(&json).map_err(StageError::final_)?;
+        let policy = match self.policy {
+            WeightPolicy::Normalized => Policy::Normalized,
+            WeightPolicy::WinnerTakeAll => Policy::WinnerTakeAll {
+                epsilon: cx.get(&self.epsilon)?,
+                king: self.previous_king(cx).await,
+            },
+            WeightPolicy::TopN => Policy::TopN {
+                n: self
+                    .top_n
+                    .as_ref()
+                    .map(|n| cx.get(n))
+                    .transpose()?
+                    .unwrap_or(1) as usize,
+            },
+        };
+        let fraction = cx.get(&self.burn)?;
+        let burn = (fraction > 0.0).then_some(Burn {
+            fraction,
+            uid: cx.get(&self.burn_uid)?,
+        });
+        let fractions = weights::weights(&scores, policy, burn)
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let (uids, values) = weights::to_u16(&fractions);
+        if uids.is_empty() {
+            return Err(StageError::final_(
+                "no miner earned weight and no burn is configured: nothing to set",
+            ));
+        }
+        let args = WeightsArgs {
+            netuid,
+            uids,
+            weights: values,
+            version_key: cx.get(&self.version_key)?,
+        };
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "uids": args.uids, "weights": args.weights }))
+                .map_err(|e| StageError::final_(e.to_string()))?;
+        let written = chain::set_weights(&cx.effects, args).await?;
+        let set = cx.write_artifact("weights", body).await?;
+        Ok(BTreeMap::from([
+            ("block".to_owned(), Val::Int(written.block as i64)),
+            ("extrinsic".to_owned(), Val::Str(written.extrinsic)),
+            ("weights".to_owned(), Val::Artifact(set)),
+        ]))
+    }
+
+    /// Last cycle's winner: the uid this stage gave the most weight.
+    async fn previous_king(&self, cx: &StageRun) -> Option<u16> {
+        let Some(Val::Artifact(previous)) = cx.previous()?.get("weights").cloned() else {
+            return None;
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&cx.read_artifact(&previous).await.ok()?).ok()?;
+        let uids: Vec<u16> = serde_json::from_value(json["uids"].clone()).ok()?;
+        let values: Vec<u16> = serde_json::from_value(json["weights"].clone()).ok()?;
+        uids.into_iter()
+            .zip(values)
+            .max_by_key(|&(uid, w)| (w, std::cmp::Reverse(uid)))
+            .map(|(uid, _)| uid)
     }
 }

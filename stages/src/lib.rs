@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod assign;
+pub mod chain;
 pub mod codec;
 pub mod commit;
 pub mod commitment;
@@ -67,6 +68,18 @@ pub(crate) fn require_resource(
             "add `{resource}:` under `resources:` (see the README for its embedded default)"
         ))
     })
+}
+
+/// The subnet of `resources.chain`, for the chain kinds.
+pub(crate) fn chain_netuid(
+    cx: &gradline_engine::schedule::StageRun,
+) -> Result<u16, gradline_engine::runtime::StageError> {
+    match cx.stage_resources().chain.as_ref() {
+        Some(chain) => cx.get(&chain.netuid),
+        None => Err(gradline_engine::runtime::StageError::final_(
+            "this stage needs `resources.chain`",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,22 @@
 //! `miners`: read the subnet's registered neurons and their latest commitments from the
 //! chain — the list a validator fans out over.
 
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
+use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::artifacts::MINER;
-use crate::require_resource;
+use crate::{chain, require_resource};
 
 /// List the registered miners of the subnet.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -65,5 +71,22 @@ impl StageKind for Miners {
             target.push_str(", Commitments.CommitmentOf");
         }
         vec![Effect::read("chain", cx.chain(), target)]
+    }
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            let netuid = crate::chain_netuid(cx)?;
+            let limit = self.limit.as_ref().map(|l| cx.get(l)).transpose()?;
+            let miners: Vec<Val> = chain::miners(&cx.effects, netuid, self.commitments)
+                .await?
+                .iter()
+                .filter(|(n, _)| !(self.exclude_validators && n.validator_permit))
+                .take(limit.map_or(usize::MAX, |l| l as usize))
+                .map(|(n, latest)| chain::miner_record(n, latest.as_ref()))
+                .collect();
+            Ok(BTreeMap::from([
+                ("count".to_owned(), Val::Int(miners.len() as i64)),
+                ("miners".to_owned(), Val::List(miners)),
+            ]))
+        })
     }
 }

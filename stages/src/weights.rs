@@ -104,6 +104,32 @@ pub fn weights(
     Ok(out.into_iter().filter(|(_, w)| *w > 0.0).collect())
 }
 
+/// Scores as JSON: a map of uid to score (`{"3": 0.9}`), or a list of `{"uid", "score"}`.
+pub fn parse_scores(json: &serde_json::Value) -> Result<Vec<(u16, f64)>, String> {
+    let uid = |v: &serde_json::Value| -> Option<u16> {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .and_then(|u| u16::try_from(u).ok())
+    };
+    match json {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match (k.parse::<u16>(), v.as_f64()) {
+                (Ok(u), Some(s)) => Ok((u, s)),
+                _ => Err(format!("`{k}: {v}` is not a uid and a score")),
+            })
+            .collect(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| match (uid(&item["uid"]), item["score"].as_f64()) {
+                (Some(u), Some(s)) => Ok((u, s)),
+                _ => Err(format!("`{item}` is not `{{\"uid\", \"score\"}}`")),
+            })
+            .collect(),
+        other => Err(format!("scores are a map of uid to score, got {other}")),
+    }
+}
+
 /// Scores best first; equal scores by ascending uid.
 fn ranked(by_uid: &BTreeMap<u16, f64>) -> Vec<(u16, f64)> {
     let mut ranked: Vec<(u16, f64)> = by_uid.iter().map(|(&u, &s)| (u, s)).collect();

@@ -8,6 +8,7 @@
 pub mod endpoint;
 pub mod fetch;
 pub mod hf;
+pub mod local_chain;
 pub mod local_hub;
 pub mod object_store;
 pub mod serve;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use gradline_engine::Pipeline;
 use gradline_engine::effects::{EffectError, Live, Request, Response};
 use gradline_engine::preflight::resolve;
+use gradline_engine::spec::KeySource;
 use serde::de::DeserializeOwned;
 
 use crate::hub::{CommitArgs, GetArgs, TagArgs};
@@ -28,6 +30,8 @@ use self::object_store::{StoreConfig, StoreSystem};
 /// The public Hugging Face Hub; `HF_ENDPOINT` replaces it (a mirror, a test server).
 pub const HUGGING_FACE: &str = "https://huggingface.co";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bittensor's block time, the embedded ledger's default.
+const DEFAULT_BLOCK_TIME: Duration = Duration::from_secs(12);
 
 /// Where live faces keep what outlives one call.
 #[derive(Clone, Debug)]
@@ -113,6 +117,28 @@ pub fn connect(
         let system = endpoint::Endpoint::connect(&url, timeout, options.downloads.clone())
             .map_err(|e| format!("resources.http: {e}"))?;
         live = live.with_system("http", Arc::new(system));
+    }
+    if let Some(chain) = &resources.chain {
+        let url = text(&chain.url, "chain.url")?;
+        if url.starts_with("local://") {
+            let role = pipeline.spec.role.value.to_string();
+            let key = match resources.keys.as_ref().map(|k| &k.signing) {
+                Some(KeySource::Generated(name)) => name.clone(),
+                Some(_) => {
+                    return Err("resources.keys: the embedded ledger signs with a generated key (`signing: { generated: NAME }`)".into());
+                }
+                None => role.clone(),
+            };
+            let block_time = chain.block_time.map_or(DEFAULT_BLOCK_TIME, |d| d.0);
+            let ledger = local_chain::LocalChain::open(&url, block_time, &key, &role)
+                .map_err(|e| format!("resources.chain: {e}"))?;
+            live = live.with_system("chain", Arc::new(ledger));
+        } else {
+            return Err(format!(
+                "resources.chain: `{}`: only the embedded ledger (`local://DIR`) runs in this version; the subtensor face (ws://, wss://) is not built yet",
+                gradline_engine::plan::redact_url(&url)
+            ));
+        }
     }
     Ok(live)
 }
