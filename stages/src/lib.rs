@@ -20,6 +20,7 @@ pub mod miners;
 pub mod model;
 pub mod publish;
 pub mod store;
+pub mod subtensor;
 pub mod tensors;
 pub mod train;
 pub mod verify;
