@@ -33,6 +33,16 @@ pub struct Fetched {
     pub size: u64,
 }
 
+impl Fetched {
+    /// The `get` answer: this as the value, the file's bytes as the body.
+    pub fn into_response(self, bytes: Vec<u8>) -> gradline_engine::effects::Response {
+        gradline_engine::effects::Response {
+            value: json!(self),
+            body: Some(bytes),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CommitArgs {
     pub repo: String,

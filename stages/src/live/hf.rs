@@ -207,10 +207,7 @@ impl HubFace for HfHub {
             revision: commit,
             size: meta.file_size,
         };
-        Ok(Response {
-            value: json!(fetched),
-            body: Some(bytes),
-        })
+        Ok(fetched.into_response(bytes))
     }
 
     async fn commit(&self, args: CommitArgs, body: &[u8]) -> Result<Response, EffectError> {

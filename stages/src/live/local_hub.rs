@@ -145,10 +145,7 @@ impl HubFace for LocalHub {
             revision: sha,
             size: file.size,
         };
-        Ok(Response {
-            value: json!(fetched),
-            body: Some(bytes),
-        })
+        Ok(fetched.into_response(bytes))
     }
 
     async fn commit(&self, args: CommitArgs, body: &[u8]) -> Result<Response, EffectError> {
