@@ -121,7 +121,15 @@ pub fn run(args: RunArgs, loaded: Loaded) -> Result<(), RunFailure> {
             lines.join("\n")
         )));
     }
-    let live = live::connect(&pipeline, &env, &live::LiveOptions::from_env(&env))
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let live = runtime
+        .block_on(live::connect(
+            &pipeline,
+            &env,
+            &live::LiveOptions::from_env(&env),
+        ))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let live: Arc<dyn Transport> = Arc::new(live);
     let recorder = match &args.record {
@@ -150,9 +158,6 @@ pub fn run(args: RunArgs, loaded: Loaded) -> Result<(), RunFailure> {
     eprintln!("run {} in {}", run_dir.info.run_id, run_dir.root.display());
     let display = Arc::new(Display::new(format));
     let stop = StopSignal::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let outcome = runtime.block_on(async {
         watch_ctrl_c(stop.clone());
         let runner = Runner::new(

@@ -208,6 +208,14 @@ pub struct ChainSpec {
     /// The embedded ledger: how often a block is made (default 12s, Bittensor's).
     #[serde(default)]
     pub block_time: Option<Duration>,
+    /// Subtensor: a SCALE runtime metadata file to encode extrinsics against (default: the
+    /// finney metadata built in). The node's runtime must be the one it describes.
+    #[serde(default)]
+    pub metadata: Option<Value<String>>,
+    /// Subtensor: how long an extrinsic may take to reach a block before it is tried again
+    /// (default 60s; three tries).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 /// A signing key, always read from outside the file.

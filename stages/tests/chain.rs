@@ -1,10 +1,14 @@
-//! The embedded ledger (`local://DIR`) and the chain kinds on it: concurrent writers, a
-//! crash mid-line, commitments committed once and read back, miners listed, weights set
-//! from scores.
+//! The chain faces and the chain kinds on them. The embedded ledger (`local://DIR`):
+//! concurrent writers, a crash mid-line. A subtensor node on loopback (`node`), spoken to
+//! through subxt: connect, read, commit, inclusion, faults, a runtime mismatch. On both, a
+//! validator pipeline commits once and skips after, reads back, lists miners and sets
+//! weights from scores.
 
 mod common;
+mod node;
 
-use std::sync::Arc;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -18,9 +22,14 @@ use gradline_engine::runtime::{Outputs, StageError};
 use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_stages::live::local_chain::{EntryKind, LocalChain};
+use gradline_stages::live::subtensor::{Subtensor, SubtensorConfig};
 use gradline_stages::live::{LiveOptions, connect};
+use gradline_stages::subtensor::FINNEY_METADATA;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::json;
+use subxt_signer::SecretUri;
+use subxt_signer::sr25519::Keypair;
 
 fn scratch(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("gradline-chain-{tag}-{}", std::process::id()));
@@ -195,8 +204,11 @@ async fn a_commitment_is_written_once_read_back_and_weights_follow_the_scores() 
         .unwrap();
     let env =
         |name: &str| (name == "GRADLINE_CACHE").then(|| dir.join("cache").display().to_string());
-    let live: Arc<dyn Transport> =
-        Arc::new(connect(&pipeline, &env, &LiveOptions::from_env(&env)).unwrap());
+    let live: Arc<dyn Transport> = Arc::new(
+        connect(&pipeline, &env, &LiveOptions::from_env(&env))
+            .await
+            .unwrap(),
+    );
     // A miner registered first: uid 0. The validator becomes uid 1 on its first write.
     let url = format!("local://{}", dir.display());
     let miner = LocalChain::open(&url, Duration::from_millis(100), "miner", "miner").unwrap();
@@ -211,6 +223,22 @@ async fn a_commitment_is_written_once_read_back_and_weights_follow_the_scores() 
     )
     .await;
     outcome.unwrap();
+    assert_validator_outputs(&run, &digest);
+    let ledger =
+        LocalChain::open(&url, Duration::from_millis(100), "validator", "validator").unwrap();
+    let commits = ledger
+        .entries()
+        .unwrap()
+        .iter()
+        .filter(|e| e.hotkey == ledger.hotkey() && matches!(e.kind, EntryKind::Commit { .. }))
+        .count();
+    assert_eq!(commits, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What the validator pipeline's two cycles must leave, on any chain: the commitment
+/// written in cycle 0 and skipped in cycle 1, read back, the miner listed, the weights.
+fn assert_validator_outputs(run: &common::TestRun, digest: &str) {
     let entries = run.dir.entries().unwrap();
     let of = |stage: &str, cycle: u64| {
         entries
@@ -231,7 +259,7 @@ async fn a_commitment_is_written_once_read_back_and_weights_follow_the_scores() 
     );
     let read = of("read", 0);
     assert_eq!(read["repo"], Val::Str("demo/ckpt".into()));
-    assert_eq!(read["digest"], Val::Str(digest.clone()));
+    assert_eq!(read["digest"], Val::Str(digest.to_owned()));
     let everyone = of("everyone", 0);
     assert_eq!(everyone["count"], Val::Int(1), "validators left out");
     let Val::List(listed) = &everyone["miners"] else {
@@ -253,14 +281,235 @@ async fn a_commitment_is_written_once_read_back_and_weights_follow_the_scores() 
         serde_json::json!({ "uids": [0, 1], "weights": [65535, 7282] }),
         "0.9 to the winner, 0.1 burned"
     );
-    let ledger =
-        LocalChain::open(&url, Duration::from_millis(100), "validator", "validator").unwrap();
-    let commits = ledger
-        .entries()
-        .unwrap()
+}
+
+const PHRASE: &str = "bottom drive obey lake curtain smoke basket hold race lonely fit walk";
+
+fn keypair(who: &str) -> Keypair {
+    Keypair::from_uri(&SecretUri::from_str(&format!("{PHRASE}//{who}")).unwrap()).unwrap()
+}
+
+async fn node_face(url: &str, who: &str, timeout: Duration) -> Result<Subtensor, String> {
+    Subtensor::connect(SubtensorConfig {
+        url: url.to_owned(),
+        metadata: FINNEY_METADATA.to_vec(),
+        key: keypair(who),
+        inclusion_timeout: timeout,
+        attempts: 3,
+    })
+    .await
+}
+
+async fn ask(
+    face: &Subtensor,
+    op: &str,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    face.call(&CallScope::scheduler(0), Request::new("chain", op, args))
+        .await
+        .map(|r| r.value)
+        .map_err(|e| e.message)
+}
+
+/// A node with a miner (uid 0) and the validator (uid 1, with a permit) on subnet 3.
+fn subnet() -> node::Node {
+    let node = node::Node::new(Mutex::new(node::State::new(FINNEY_METADATA.to_vec())));
+    let mut state = node.lock().unwrap();
+    state.register(3, 0, keypair("miner").public_key().0, false);
+    state.register(3, 1, keypair("validator").public_key().0, true);
+    drop(state);
+    node
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validator_pipeline_runs_on_a_subtensor_node() {
+    let dir = scratch("subtensor");
+    let node = subnet();
+    let url = node::start(node.clone()).await;
+    let miner = node_face(&url, "miner", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let commit_raw = json!({ "netuid": 3, "data": "a miner's own format" });
+    ask(&miner, "commit", commit_raw).await.unwrap();
+
+    // The validator signs from a Bittensor wallet hotkey file.
+    let wallet = dir.join("hotkeys/default");
+    std::fs::create_dir_all(wallet.parent().unwrap()).unwrap();
+    let public = keypair("validator").public_key().0;
+    let file = json!({
+        "secretPhrase": format!("{PHRASE}//validator"),
+        "publicKey": node::hex(&public),
+    });
+    std::fs::write(&wallet, file.to_string()).unwrap();
+    let digest = "ab".repeat(32);
+    let text = VALIDATOR
+        .replace("local://DIR", &url)
+        .replace(", block_time: 100ms", "")
+        .replace(
+            "{ generated: validator }",
+            &format!("{{ file: \"{}\" }}", wallet.display()),
+        )
+        .replace("DIGEST", &digest);
+    let mut registry = gradline_stages::registry();
+    registry.register::<FixedScores>();
+    let loaded = gradline_engine::load("v.yaml", &text, &registry, &[]);
+    assert!(!loaded.has_errors(), "{}", loaded.render());
+    let pipeline = loaded.pipeline.unwrap();
+    let env =
+        |name: &str| (name == "GRADLINE_CACHE").then(|| dir.join("cache").display().to_string());
+    let live: Arc<dyn Transport> = Arc::new(
+        connect(&pipeline, &env, &LiveOptions::from_env(&env))
+            .await
+            .unwrap(),
+    );
+    let (run, outcome) = common::try_run_pipeline(
+        "subtensor",
+        &text,
+        &registry,
+        live,
+        2,
+        Duration::from_millis(300),
+    )
+    .await;
+    outcome.unwrap();
+    assert_validator_outputs(&run, &digest);
+
+    let state = node.lock().unwrap();
+    let by_validator: Vec<_> = state
+        .included
         .iter()
-        .filter(|e| e.hotkey == ledger.hotkey() && matches!(e.kind, EntryKind::Commit { .. }))
-        .count();
-    assert_eq!(commits, 1);
+        .filter(|i| i.signer == public)
+        .map(|i| format!("{}.{}", i.pallet, i.call))
+        .collect();
+    assert_eq!(
+        by_validator,
+        [
+            "Commitments.set_commitment",
+            "SubtensorModule.set_weights",
+            "SubtensorModule.set_weights"
+        ],
+        "the commitment once, weights every cycle"
+    );
+    assert!(state.rejected.is_empty(), "{:?}", state.rejected);
+    let stored = state.commitment(3, public).unwrap();
+    assert_eq!(
+        &stored[stored.len() - 32..],
+        &[0xab; 32],
+        "the digest is the last field, a Sha256 hash"
+    );
+    for method in [
+        "state_getRuntimeVersion",
+        "state_call",
+        "state_getStorage",
+        "state_getKeysPaged",
+        "author_submitAndWatchExtrinsic",
+        "chain_getBlock",
+    ] {
+        assert!(
+            state.methods.iter().any(|m| m == method),
+            "{method} not used"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commitment_reaches_a_block_through_drops_and_stalls_and_never_twice() {
+    let node = subnet();
+    let url = node::start(node.clone()).await;
+    let face = node_face(&url, "validator", Duration::from_millis(800))
+        .await
+        .unwrap();
+    let hotkey = keypair("validator").public_key().0;
+    assert_eq!(
+        face.hotkey(),
+        keypair("validator")
+            .public_key()
+            .to_account_id()
+            .to_string()
+    );
+
+    let head = ask(&face, "block", json!(null)).await.unwrap()["number"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(head, 4);
+    let neurons = ask(&face, "neurons", json!({ "netuid": 3 })).await.unwrap();
+    assert_eq!(neurons[1]["hotkey"], json!(face.hotkey()));
+    assert_eq!(neurons[1]["validator_permit"], json!(true));
+    assert_eq!(neurons[0]["validator_permit"], json!(false));
+
+    node.lock()
+        .unwrap()
+        .faults
+        .extend([node::Fault::Drop, node::Fault::Stall]);
+    let data = json!({ "v": 1, "repo": "demo/ckpt", "revision": "01".repeat(20) }).to_string();
+    let written = ask(&face, "commit", json!({ "netuid": 3, "data": data }))
+        .await
+        .unwrap();
+    assert_eq!(written["skipped"], json!(false));
+    assert_eq!(written["block"], json!(5), "included on the third try");
+    let again = ask(&face, "commit", json!({ "netuid": 3, "data": data }))
+        .await
+        .unwrap();
+    assert_eq!(again["skipped"], json!(true));
+    assert_eq!(again["block"], json!(5));
+    {
+        let state = node.lock().unwrap();
+        assert_eq!(state.included.len(), 1, "one extrinsic for one value");
+        assert_eq!(state.included[0].block, 5);
+        assert!(state.commitment(3, hotkey).is_some());
+    }
+    let read = ask(&face, "commitments", json!({ "netuid": 3 }))
+        .await
+        .unwrap();
+    assert_eq!(read[0]["hotkey"], json!(face.hotkey()));
+    assert_eq!(read[0]["data"], json!(data), "read back as it was written");
+
+    node.lock().unwrap().faults.extend([node::Fault::Drop; 3]);
+    let weights = json!({ "netuid": 3, "uids": [0], "weights": [65535], "version_key": 0 });
+    let error = ask(&face, "set_weights", weights.clone())
+        .await
+        .unwrap_err();
+    assert!(error.contains("was not included"), "{error}");
+    let written = ask(&face, "set_weights", weights).await.unwrap();
+    assert_eq!(written["block"], json!(6));
+
+    let unregistered = node_face(&url, "stranger", Duration::from_millis(800))
+        .await
+        .unwrap();
+    let weights = json!({ "netuid": 3, "uids": [0], "weights": [1], "version_key": 0 });
+    assert!(ask(&unregistered, "set_weights", weights).await.is_err());
+    assert!(
+        node.lock()
+            .unwrap()
+            .rejected
+            .iter()
+            .any(|r| r.contains("NotRegistered")),
+        "the node refused the stranger"
+    );
+    let too_long = json!({ "netuid": 3, "data": "x".repeat(129) });
+    let error = ask(&face, "commit", too_long).await.unwrap_err();
+    assert!(error.contains("at most 128"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_on_another_runtime_is_refused_at_connect() {
+    let node = subnet();
+    node.lock().unwrap().set_spec_version(1);
+    let url = node::start(node.clone()).await;
+    let error = node_face(&url, "validator", Duration::from_secs(5))
+        .await
+        .err()
+        .unwrap();
+    assert!(error.contains("runs runtime spec version 1"), "{error}");
+    assert!(error.contains("resources.chain.metadata"), "{error}");
+    assert!(
+        !node
+            .lock()
+            .unwrap()
+            .methods
+            .iter()
+            .any(|m| m == "author_submitAndWatchExtrinsic"),
+        "nothing was submitted"
+    );
 }

@@ -55,7 +55,7 @@ fn set_commitment_call_data_for_a_hash_and_for_raw_bytes() {
     let runtime = runtime();
     let hash = *blake3::hash(b"checkpoint").as_bytes();
     let call = runtime
-        .set_commitment(3, &CommitData::for_bytes(&hash))
+        .set_commitment(3, &[CommitData::for_bytes(&hash)])
         .unwrap();
     assert_eq!(&call[2..4], &[3, 0], "netuid");
     assert_eq!(
@@ -77,7 +77,7 @@ fn set_commitment_call_data_for_a_hash_and_for_raw_bytes() {
 
     let raw = b"{\"v\":1,\"revision\":\"0123456789abcdef0123456789abcdef01234567\"}";
     let call = runtime
-        .set_commitment(3, &CommitData::for_bytes(raw))
+        .set_commitment(3, &[CommitData::for_bytes(raw)])
         .unwrap();
     assert_eq!(
         call[5],
@@ -89,7 +89,7 @@ fn set_commitment_call_data_for_a_hash_and_for_raw_bytes() {
 
     let too_long = vec![b'x'; 129];
     assert_eq!(
-        runtime.set_commitment(3, &CommitData::for_bytes(&too_long)),
+        runtime.set_commitment(3, &[CommitData::for_bytes(&too_long)]),
         Err(EncodeError::TooLarge(129))
     );
 }

@@ -73,8 +73,11 @@ async fn run(
     let pipeline = loaded.pipeline.unwrap();
     let not_ready = gradline_engine::preflight::check(&pipeline, env);
     assert!(not_ready.is_empty(), "{not_ready:?}");
-    let live: Arc<dyn Transport> =
-        Arc::new(connect(&pipeline, env, &LiveOptions::from_env(env)).unwrap());
+    let live: Arc<dyn Transport> = Arc::new(
+        connect(&pipeline, env, &LiveOptions::from_env(env))
+            .await
+            .unwrap(),
+    );
     let transport: Arc<dyn Transport> = match record {
         Some(dir) => Arc::new(Recorder::create(live, dir).unwrap()),
         None => live,
@@ -657,6 +660,7 @@ stages:
         .unwrap();
     let env = env_of(&[], &scratch.0);
     let error = connect(&pipeline, &env, &LiveOptions::from_env(&env))
+        .await
         .err()
         .unwrap();
     assert!(error.contains("allow_http: true"), "{error}");

@@ -1,6 +1,7 @@
 //! The live faces of the outside systems stages call, built from a pipeline's `resources:`
-//! for a run: the object store, the model hub (Hugging Face or the embedded `local://` hub)
-//! and a validator's checkpoint endpoint; and the endpoint's server.
+//! for a run: the object store, the model hub (Hugging Face or the embedded `local://` hub),
+//! a validator's checkpoint endpoint, the chain (the embedded ledger or a subtensor node);
+//! and the endpoint's server.
 //!
 //! Secrets are read here from the environment and stay inside the faces: requests, tapes,
 //! plans and errors never carry them.
@@ -8,10 +9,12 @@
 pub mod endpoint;
 pub mod fetch;
 pub mod hf;
+pub mod keys;
 pub mod local_chain;
 pub mod local_hub;
 pub mod object_store;
 pub mod serve;
+pub mod subtensor;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,7 +58,8 @@ impl LiveOptions {
 }
 
 /// The live systems of a pipeline's resources, with the engine's clock and randomness.
-pub fn connect(
+/// Run it on the runtime the run uses: a subtensor connection lives on it.
+pub async fn connect(
     pipeline: &Pipeline,
     env: &dyn Fn(&str) -> Option<String>,
     options: &LiveOptions,
@@ -133,9 +137,36 @@ pub fn connect(
             let ledger = local_chain::LocalChain::open(&url, block_time, &key, &role)
                 .map_err(|e| format!("resources.chain: {e}"))?;
             live = live.with_system("chain", Arc::new(ledger));
+        } else if url.starts_with("ws://") || url.starts_with("wss://") {
+            let key = match resources.keys.as_ref().map(|k| &k.signing) {
+                Some(KeySource::Env(name)) => keys::from_env(name, env),
+                Some(KeySource::File(path)) => keys::from_wallet_file(path, env),
+                Some(KeySource::Generated(_)) => Err("a generated key signs only on the embedded ledger; a subtensor node needs `signing: { env: NAME }` or `signing: { file: HOTKEY_FILE }`".into()),
+                None => Err("a subtensor node needs a signing key: `resources.keys.signing: { env: NAME }` (a mnemonic or seed) or `{ file: ~/.bittensor/wallets/W/hotkeys/H }`".into()),
+            }
+            .map_err(|e| format!("resources.keys: {e}"))?;
+            let metadata = match &chain.metadata {
+                Some(path) => {
+                    let path = text(path, "chain.metadata")?;
+                    std::fs::read(&path)
+                        .map_err(|e| format!("resources.chain.metadata: cannot read {path}: {e}"))?
+                }
+                None => crate::subtensor::FINNEY_METADATA.to_vec(),
+            };
+            let config = subtensor::SubtensorConfig {
+                url,
+                metadata,
+                key,
+                inclusion_timeout: chain.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+                attempts: 3,
+            };
+            let node = subtensor::Subtensor::connect(config)
+                .await
+                .map_err(|e| format!("resources.chain: {e}"))?;
+            live = live.with_system("chain", Arc::new(node));
         } else {
             return Err(format!(
-                "resources.chain: `{}`: only the embedded ledger (`local://DIR`) runs in this version; the subtensor face (ws://, wss://) is not built yet",
+                "resources.chain: `{}` is neither `local://DIR` (the embedded ledger) nor `ws://` / `wss://` (a subtensor node)",
                 gradline_engine::plan::redact_url(&url)
             ));
         }
