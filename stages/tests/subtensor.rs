@@ -2,7 +2,9 @@
 //! metadata (`fixtures/chain/finney.scale`). A change in these bytes is a change in what
 //! gradline would submit to the chain.
 
-use gradline_stages::subtensor::{CommitData, EncodeError, Runtime};
+use gradline_stages::subtensor::{
+    CommitData, EncodeError, FINNEY_METADATA, Runtime, fields_of, spec_version, text_of,
+};
 
 fn runtime() -> Runtime {
     let bytes = std::fs::read(concat!(
@@ -106,3 +108,74 @@ const GOLDEN_SET_WEIGHTS: &str = "070003000c0000010007000cffff721c01002a00000000
 const GOLDEN_COMMIT_HASH: &str =
     "12000300048363741c69a919dad18d61f2f5a91477ac370eb1b3c70ee6bb45d842185eb6e5b3";
 const GOLDEN_COMMIT_RAW: &str = "12000300043e7b2276223a312c227265766973696f6e223a2230313233343536373839616263646566303132333435363738396162636465663031323334353637227d";
+
+#[test]
+fn a_gradline_commitment_takes_three_fields_by_position() {
+    let text = r#"{"v":1,"repo":"demo/ckpt","revision":"0123456789abcdef0123456789abcdef01234567","digest":"blake3:abababababababababababababababababababababababababababababababab"}"#;
+    let fields = fields_of(text).unwrap();
+    assert_eq!(fields.len(), 3);
+    assert_eq!(fields[0], CommitData::Raw(b"demo/ckpt".to_vec()));
+    assert!(
+        matches!(&fields[1], CommitData::Raw(b) if b.len() == 20),
+        "the SHA as 20 bytes"
+    );
+    assert_eq!(fields[2], CommitData::Sha256([0xab; 32]));
+    let call = runtime().set_commitment(3, &fields).unwrap();
+    assert_eq!(call[4], compact(3), "three fields");
+    assert_eq!(
+        call.len(),
+        4 + 1 + (1 + 9) + (1 + 20) + (1 + 32),
+        "{}",
+        hex(&call)
+    );
+
+    let back = text_of(&fields).unwrap();
+    assert_eq!(
+        back,
+        text.replace("blake3:", ""),
+        "read back as written, digest as hex"
+    );
+
+    let repo_only = r#"{"v":1,"repo":"demo/ckpt"}"#;
+    let fields = fields_of(repo_only).unwrap();
+    assert_eq!(fields[1..], [CommitData::None, CommitData::None]);
+    assert_eq!(text_of(&fields).unwrap(), repo_only);
+}
+
+#[test]
+fn a_digest_alone_is_one_sha256_field_and_other_text_is_raw() {
+    let digest_only = format!(r#"{{"v":1,"digest":"{}"}}"#, "cd".repeat(32));
+    let fields = fields_of(&digest_only).unwrap();
+    assert_eq!(fields, [CommitData::Sha256([0xcd; 32])]);
+    assert_eq!(text_of(&fields).unwrap(), digest_only);
+
+    assert_eq!(
+        fields_of("bucket-key").unwrap(),
+        [CommitData::Raw(b"bucket-key".to_vec())]
+    );
+    assert_eq!(
+        text_of(&[CommitData::Raw(b"bucket-key".to_vec())]).unwrap(),
+        "bucket-key"
+    );
+    assert_eq!(
+        text_of(&[CommitData::Raw(vec![0xff, 0xfe])]),
+        None,
+        "not text"
+    );
+    assert_eq!(fields_of(&"x".repeat(129)), Err(EncodeError::TooLarge(129)));
+    let branch = r#"{"v":1,"repo":"demo/ckpt","revision":"main"}"#;
+    assert!(
+        fields_of(branch)
+            .unwrap_err()
+            .to_string()
+            .contains("pinned commit SHA"),
+        "a branch name is not a pinned revision"
+    );
+}
+
+#[test]
+fn the_pinned_metadata_knows_its_spec_version() {
+    let metadata = subxt::metadata::Metadata::decode_from(FINNEY_METADATA).unwrap();
+    let spec = spec_version(&metadata).unwrap();
+    assert!(spec > 200, "finney's runtime is past spec 200: {spec}");
+}
