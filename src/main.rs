@@ -2,6 +2,7 @@
 
 mod display;
 mod inspect;
+mod register;
 mod run;
 mod serve;
 
@@ -62,6 +63,14 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         args: RunArgs,
+    },
+    /// Register the pipeline's signing hotkey on its subnet and record its uid (on
+    /// subtensor this is `burned_register`, which costs stake).
+    Register {
+        file: PathBuf,
+        /// Override a parameter, with type checking (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<Override>,
     },
     /// Re-run a recorded run offline and check every output digest.
     Replay {
@@ -262,6 +271,10 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
         Command::Run { file, args } => {
             let loaded = checked(load_file(&file, registry, &args.set)?)?;
             run::run(args, loaded).map_err(Failure::from)
+        }
+        Command::Register { file, set } => {
+            let loaded = checked(load_file(&file, registry, &set)?)?;
+            register::register(loaded).map_err(Failure::Failed)
         }
         Command::Replay { dir, log_format } => {
             run::replay(&dir, registry, log_format).map_err(Failure::from)

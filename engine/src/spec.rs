@@ -216,6 +216,10 @@ pub struct ChainSpec {
     /// (default 60s; three tries).
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// Where `gradline register` records this machine's uids (default `.gradline-uid`);
+    /// the `uid` stage reads it before asking the chain.
+    #[serde(default)]
+    pub uid_file: Option<Value<String>>,
 }
 
 /// A signing key, always read from outside the file.

@@ -9,6 +9,8 @@
 //! | `commitments` | [`NetArgs`] | `[Committed]`, the latest per hotkey |
 //! | `commit` | [`CommitArgs`] | [`Written`] (`skipped` when the value is already there) |
 //! | `set_weights` | [`WeightsArgs`] | [`Written`] |
+//! | `uid` | [`NetArgs`] | [`Identity`]: the signing hotkey and its uid, if registered |
+//! | `register` | [`NetArgs`] | [`Registered`] (`skipped` when already registered) |
 
 use std::collections::BTreeMap;
 
@@ -59,6 +61,24 @@ pub struct Written {
     pub block: u64,
     /// The extrinsic's hash (the ledger entry's id); empty when skipped.
     pub extrinsic: String,
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+/// The signing hotkey on a subnet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub hotkey: String,
+    pub uid: Option<u16>,
+    /// Where the uid came from: `file` (the uid file) or `chain`.
+    #[serde(default)]
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    pub uid: u16,
+    pub block: u64,
     #[serde(default)]
     pub skipped: bool,
 }
@@ -186,4 +206,24 @@ pub async fn commit(effects: &Effects, args: CommitArgs) -> Result<Written, Stag
 
 pub async fn set_weights(effects: &Effects, args: WeightsArgs) -> Result<Written, StageError> {
     call(effects, "set_weights", json!(args), "setting weights").await
+}
+
+pub async fn identity(effects: &Effects, netuid: u16) -> Result<Identity, StageError> {
+    call(
+        effects,
+        "uid",
+        json!(NetArgs { netuid }),
+        "looking up this hotkey's uid",
+    )
+    .await
+}
+
+pub async fn register(effects: &Effects, netuid: u16) -> Result<Registered, StageError> {
+    call(
+        effects,
+        "register",
+        json!(NetArgs { netuid }),
+        "registering",
+    )
+    .await
 }

@@ -23,6 +23,7 @@ pub mod store;
 pub mod subtensor;
 pub mod tensors;
 pub mod train;
+pub mod uid;
 pub mod verify;
 pub mod wait;
 pub mod weights;
@@ -45,7 +46,8 @@ pub fn registry() -> Registry {
         .register::<commitment::ReadCommitment>()
         .register::<assign::Assign>()
         .register::<emit::Emit>()
-        .register::<wait::Wait>();
+        .register::<wait::Wait>()
+        .register::<uid::Uid>();
     registry
 }
 

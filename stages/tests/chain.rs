@@ -8,6 +8,7 @@ mod common;
 mod node;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -283,6 +284,8 @@ fn assert_validator_outputs(run: &common::TestRun, digest: &str) {
     );
 }
 
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
 const PHRASE: &str = "bottom drive obey lake curtain smoke basket hold race lonely fit walk";
 
 fn keypair(who: &str) -> Keypair {
@@ -296,6 +299,11 @@ async fn node_face(url: &str, who: &str, timeout: Duration) -> Result<Subtensor,
         key: keypair(who),
         inclusion_timeout: timeout,
         attempts: 3,
+        uid_file: scratch(&format!(
+            "uid-{who}-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+        .join(".gradline-uid"),
     })
     .await
 }
@@ -511,5 +519,83 @@ async fn a_node_on_another_runtime_is_refused_at_connect() {
             .iter()
             .any(|m| m == "author_submitAndWatchExtrinsic"),
         "nothing was submitted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_is_explicit_recorded_and_never_paid_twice() {
+    let node = subnet();
+    let url = node::start(node.clone()).await;
+    let face = node_face(&url, "newcomer", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let before = ask(&face, "uid", json!({ "netuid": 3 })).await.unwrap();
+    assert_eq!(before["uid"], json!(null));
+    assert_eq!(before["source"], json!("chain"));
+
+    let registered = ask(&face, "register", json!({ "netuid": 3 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        registered["uid"],
+        json!(2),
+        "after the miner and the validator"
+    );
+    assert_eq!(registered["skipped"], json!(false));
+    let known = ask(&face, "uid", json!({ "netuid": 3 })).await.unwrap();
+    assert_eq!(known["uid"], json!(2));
+    assert_eq!(known["source"], json!("file"), "recorded at registration");
+
+    let again = ask(&face, "register", json!({ "netuid": 3 }))
+        .await
+        .unwrap();
+    assert_eq!(again["skipped"], json!(true));
+    let calls: Vec<String> = node
+        .lock()
+        .unwrap()
+        .included
+        .iter()
+        .map(|i| i.call.clone())
+        .collect();
+    assert_eq!(calls, ["burned_register"], "registered once");
+
+    let validator = node_face(&url, "validator", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let found = ask(&validator, "uid", json!({ "netuid": 3 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        (found["uid"].clone(), found["source"].clone()),
+        (json!(1), json!("chain"))
+    );
+}
+
+#[tokio::test]
+async fn a_subtensor_pipeline_without_a_usable_key_stops_before_connecting() {
+    let registry = gradline_stages::registry();
+    let pipeline = |keys: &str| {
+        let text = format!(
+            "version: 1\nname: k\nrole: miner\nresources:\n  chain: {{ url: \"ws://127.0.0.1:9\", netuid: 3 }}\n{keys}stages:\n  me:\n    uses: uid\n"
+        );
+        gradline_engine::load("k.yaml", &text, &registry, &[])
+            .pipeline
+            .unwrap()
+    };
+    let env = |_: &str| None;
+    let error = |p| async move {
+        connect(&p, &env, &LiveOptions::from_env(&env))
+            .await
+            .err()
+            .unwrap()
+    };
+    let none = error(pipeline("")).await;
+    assert!(none.contains("needs a signing key"), "{none}");
+    let unset = error(pipeline("  keys: { signing: { env: HOTKEY_MNEMONIC } }\n")).await;
+    assert!(unset.contains("`HOTKEY_MNEMONIC` is not set"), "{unset}");
+    let generated = error(pipeline("  keys: { signing: { generated: miner } }\n")).await;
+    assert!(
+        generated.contains("only on the embedded ledger"),
+        "{generated}"
     );
 }

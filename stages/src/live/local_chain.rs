@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::args;
-use crate::chain::{CommitArgs, Committed, NetArgs, Neuron, WeightsArgs, Written};
+use crate::chain::{
+    CommitArgs, Committed, Identity, NetArgs, Neuron, Registered, WeightsArgs, Written,
+};
 
 /// The largest commitment the ledger takes.
 pub const MAX_COMMITMENT_BYTES: usize = 1024;
@@ -196,7 +198,7 @@ impl LocalChain {
         });
         let mut seq = entries.len() as u64;
         let mut lines = Vec::new();
-        if !registered {
+        if !registered && !matches!(kind, EntryKind::Register { .. }) {
             lines.push(self.entry(
                 seq,
                 block,
@@ -254,6 +256,39 @@ impl LocalChain {
             }
         }
         Ok(latest)
+    }
+
+    fn identity(&self, netuid: u16) -> Result<Identity, EffectError> {
+        Ok(Identity {
+            hotkey: self.hotkey.clone(),
+            uid: self
+                .neurons(netuid)?
+                .iter()
+                .find(|n| n.hotkey == self.hotkey)
+                .map(|n| n.uid),
+            source: "chain".into(),
+        })
+    }
+
+    fn register(&self, netuid: u16) -> Result<Registered, EffectError> {
+        let hotkey = self.hotkey.clone();
+        let written = self.write(netuid, |entries, _| {
+            let known = neurons_of(entries, netuid)
+                .iter()
+                .any(|n| n.hotkey == hotkey);
+            Ok((!known).then(|| EntryKind::Register {
+                role: self.role.clone(),
+            }))
+        })?;
+        let uid = self
+            .identity(netuid)?
+            .uid
+            .ok_or_else(|| EffectError::final_("the registration is not in the ledger"))?;
+        Ok(Registered {
+            uid,
+            block: written.block,
+            skipped: written.skipped,
+        })
     }
 
     fn commit(&self, args: CommitArgs) -> Result<Written, EffectError> {
@@ -338,6 +373,8 @@ impl Transport for LocalChain {
                     "commitments" => json!(chain.commitments(args::<NetArgs>(&request)?.netuid)?),
                     "commit" => json!(chain.commit(args(&request)?)?),
                     "set_weights" => json!(chain.set_weights(args(&request)?)?),
+                    "uid" => json!(chain.identity(args::<NetArgs>(&request)?.netuid)?),
+                    "register" => json!(chain.register(args::<NetArgs>(&request)?.netuid)?),
                     op => {
                         return Err(EffectError::final_(format!(
                             "the ledger has no operation `{op}`"

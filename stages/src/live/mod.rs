@@ -15,6 +15,7 @@ pub mod local_hub;
 pub mod object_store;
 pub mod serve;
 pub mod subtensor;
+pub mod uid_file;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,6 +160,10 @@ pub async fn connect(
                 key,
                 inclusion_timeout: chain.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
                 attempts: 3,
+                uid_file: PathBuf::from(match &chain.uid_file {
+                    Some(path) => text(path, "chain.uid_file")?,
+                    None => uid_file::DEFAULT_PATH.to_owned(),
+                }),
             };
             let node = subtensor::Subtensor::connect(config)
                 .await

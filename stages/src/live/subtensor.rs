@@ -9,6 +9,7 @@
 //! A commitment is read before it is written and not written again when the chain already
 //! holds it, so a resumed run never pays twice.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,9 @@ use subxt::{OnlineClient, OnlineClientAtBlock};
 use subxt_signer::sr25519::Keypair;
 
 use super::args;
-use crate::chain::{CommitArgs, Committed, NetArgs, Neuron, WeightsArgs, Written};
+use crate::chain::{
+    CommitArgs, Committed, Identity, NetArgs, Neuron, Registered, WeightsArgs, Written,
+};
 use crate::subtensor::{self, CommitData};
 
 type Client = OnlineClient<SubstrateConfig>;
@@ -44,6 +47,8 @@ pub struct SubtensorConfig {
     pub inclusion_timeout: Duration,
     /// Submissions tried before giving up.
     pub attempts: u32,
+    /// Where registrations are recorded (see [`super::uid_file`]).
+    pub uid_file: PathBuf,
 }
 
 #[derive(Clone)]
@@ -54,6 +59,7 @@ pub struct Subtensor {
     shown_url: String,
     inclusion_timeout: Duration,
     attempts: u32,
+    uid_file: PathBuf,
 }
 
 impl Subtensor {
@@ -105,6 +111,7 @@ impl Subtensor {
             shown_url,
             inclusion_timeout: config.inclusion_timeout,
             attempts: config.attempts.max(1),
+            uid_file: config.uid_file,
         })
     }
 
@@ -269,6 +276,80 @@ impl Subtensor {
         Err(last.unwrap_or_else(|| EffectError::final_("no attempt was made")))
     }
 
+    /// This hotkey's uid: from the uid file, else from `SubtensorModule.Uids`.
+    async fn identity(&self, netuid: u16) -> Result<Identity, EffectError> {
+        let hotkey = self.hotkey();
+        if let Some(uid) = super::uid_file::read(&self.uid_file, netuid, &hotkey) {
+            return Ok(Identity {
+                hotkey,
+                uid: Some(uid),
+                source: "file".into(),
+            });
+        }
+        Ok(Identity {
+            hotkey,
+            uid: self.uid_on_chain(netuid).await?,
+            source: "chain".into(),
+        })
+    }
+
+    async fn uid_on_chain(&self, netuid: u16) -> Result<Option<u16>, EffectError> {
+        let at = self.at_head().await?;
+        at.storage()
+            .try_fetch(
+                ("SubtensorModule", "Uids"),
+                vec![
+                    Value::u128(u128::from(netuid)),
+                    Value::from_bytes(self.account.0),
+                ],
+            )
+            .await
+            .map_err(|e| self.unreachable("looking up this hotkey's uid", e))?
+            .map(|v| {
+                v.decode_as::<u16>()
+                    .map_err(|e| self.undecodable("SubtensorModule.Uids", e))
+            })
+            .transpose()
+    }
+
+    /// `SubtensorModule.burned_register(netuid, hotkey)`, signed and paid by the signing key;
+    /// the uid given is recorded in the uid file.
+    async fn register(&self, netuid: u16) -> Result<Registered, EffectError> {
+        let registered = match self.uid_on_chain(netuid).await? {
+            Some(uid) => Registered {
+                uid,
+                block: self.block().await?,
+                skipped: true,
+            },
+            None => {
+                let call = subxt::transactions::dynamic(
+                    "SubtensorModule",
+                    "burned_register",
+                    vec![
+                        Value::u128(u128::from(netuid)),
+                        Value::from_bytes(self.account.0),
+                    ],
+                );
+                let written = self.submit(&call).await?;
+                let uid = self.uid_on_chain(netuid).await?.ok_or_else(|| {
+                    EffectError::final_(format!(
+                        "the registration was included in block {} but no uid is recorded for {}",
+                        written.block,
+                        self.hotkey()
+                    ))
+                })?;
+                Registered {
+                    uid,
+                    block: written.block,
+                    skipped: false,
+                }
+            }
+        };
+        super::uid_file::write(&self.uid_file, netuid, &self.hotkey(), registered.uid)
+            .map_err(|e| super::fetch::io_error("writing the uid file", &e))?;
+        Ok(registered)
+    }
+
     async fn set_weights(&self, args: WeightsArgs) -> Result<Written, EffectError> {
         let call =
             subtensor::weights_call(args.netuid, &args.uids, &args.weights, args.version_key)
@@ -408,6 +489,8 @@ impl Transport for Subtensor {
                 }
                 "commit" => json!(self.commit(args(&request)?).await?),
                 "set_weights" => json!(self.set_weights(args(&request)?).await?),
+                "uid" => json!(self.identity(args::<NetArgs>(&request)?.netuid).await?),
+                "register" => json!(self.register(args::<NetArgs>(&request)?.netuid).await?),
                 op => {
                     return Err(EffectError::final_(format!(
                         "the subtensor face has no operation `{op}`"

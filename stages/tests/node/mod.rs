@@ -278,6 +278,13 @@ impl State {
                     return Err("HotKeyNotRegisteredInSubNet".into());
                 }
             }
+            ("SubtensorModule", "burned_register") => {
+                let netuid = u16::decode(&mut &args["netuid"][..]).unwrap();
+                let hotkey = <[u8; 32]>::decode(&mut &args["hotkey"][..]).unwrap();
+                let keys = [prefix("SubtensorModule", "Keys"), netuid.encode()].concat();
+                let uid = self.storage.keys().filter(|k| k.starts_with(&keys)).count() as u16;
+                self.register(netuid, uid, hotkey, false);
+            }
             (pallet, call) => return Err(format!("{pallet}.{call} is not scripted")),
         }
         self.nonces.insert(signer, expected + 1);
