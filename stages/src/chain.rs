@@ -9,6 +9,7 @@
 //! | `commitments` | [`NetArgs`] | `[Committed]`, the latest per hotkey |
 //! | `commit` | [`CommitArgs`] | [`Written`] (`skipped` when the value is already there) |
 //! | `set_weights` | [`WeightsArgs`] | [`Written`] |
+//! | `weights` | [`NetArgs`] | `[WeightsOf]`, the latest each neuron set |
 //! | `uid` | [`NetArgs`] | [`Identity`]: the signing hotkey and its uid, if registered |
 //! | `register` | [`NetArgs`] | [`Registered`] (`skipped` when already registered) |
 
@@ -63,6 +64,13 @@ pub struct Written {
     pub extrinsic: String,
     #[serde(default)]
     pub skipped: bool,
+}
+
+/// The weights one neuron last set: `(dest uid, u16 weight)` pairs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightsOf {
+    pub uid: u16,
+    pub weights: Vec<(u16, u16)>,
 }
 
 /// The signing hotkey on a subnet.
@@ -224,6 +232,16 @@ pub async fn register(effects: &Effects, netuid: u16) -> Result<Registered, Stag
         "register",
         json!(NetArgs { netuid }),
         "registering",
+    )
+    .await
+}
+
+pub async fn weights(effects: &Effects, netuid: u16) -> Result<Vec<WeightsOf>, StageError> {
+    call(
+        effects,
+        "weights",
+        json!(NetArgs { netuid }),
+        "reading weights",
     )
     .await
 }

@@ -265,7 +265,7 @@ fn digest_bytes(digest: &str) -> Result<[u8; 32], EncodeError> {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

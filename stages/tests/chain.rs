@@ -234,6 +234,19 @@ async fn a_commitment_is_written_once_read_back_and_weights_follow_the_scores() 
         .filter(|e| e.hotkey == ledger.hotkey() && matches!(e.kind, EntryKind::Commit { .. }))
         .count();
     assert_eq!(commits, 1);
+    let set = ledger
+        .call(
+            &CallScope::scheduler(0),
+            Request::new("chain", "weights", json!({ "netuid": 3 })),
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        set,
+        json!([{ "uid": 1, "weights": [[0, 65535], [1, 7282]] }]),
+        "the latest weights, by the setter's uid"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -481,6 +494,12 @@ async fn a_commitment_reaches_a_block_through_drops_and_stalls_and_never_twice()
     assert!(error.contains("was not included"), "{error}");
     let written = ask(&face, "set_weights", weights).await.unwrap();
     assert_eq!(written["block"], json!(6));
+    let set = ask(&face, "weights", json!({ "netuid": 3 })).await.unwrap();
+    assert_eq!(
+        set,
+        json!([{ "uid": 1, "weights": [[0, 65535]] }]),
+        "read back by uid"
+    );
 
     let unregistered = node_face(&url, "stranger", Duration::from_millis(800))
         .await

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::args;
 use crate::chain::{
-    CommitArgs, Committed, Identity, NetArgs, Neuron, Registered, WeightsArgs, Written,
+    CommitArgs, Committed, Identity, NetArgs, Neuron, Registered, WeightsArgs, WeightsOf, Written,
 };
 
 /// The largest commitment the ledger takes.
@@ -258,6 +258,25 @@ impl LocalChain {
         Ok(latest)
     }
 
+    fn weights(&self, netuid: u16) -> Result<Vec<WeightsOf>, EffectError> {
+        let entries = self.entries()?;
+        let neurons = neurons_of(&entries, netuid);
+        let mut latest: Vec<WeightsOf> = Vec::new();
+        for entry in entries.iter().filter(|e| e.netuid == netuid) {
+            if let EntryKind::SetWeights { uids, weights, .. } = &entry.kind
+                && let Some(neuron) = neurons.iter().find(|n| n.hotkey == entry.hotkey)
+            {
+                latest.retain(|w| w.uid != neuron.uid);
+                latest.push(WeightsOf {
+                    uid: neuron.uid,
+                    weights: uids.iter().copied().zip(weights.iter().copied()).collect(),
+                });
+            }
+        }
+        latest.sort_by_key(|w| w.uid);
+        Ok(latest)
+    }
+
     fn identity(&self, netuid: u16) -> Result<Identity, EffectError> {
         Ok(Identity {
             hotkey: self.hotkey.clone(),
@@ -373,6 +392,7 @@ impl Transport for LocalChain {
                     "commitments" => json!(chain.commitments(args::<NetArgs>(&request)?.netuid)?),
                     "commit" => json!(chain.commit(args(&request)?)?),
                     "set_weights" => json!(chain.set_weights(args(&request)?)?),
+                    "weights" => json!(chain.weights(args::<NetArgs>(&request)?.netuid)?),
                     "uid" => json!(chain.identity(args::<NetArgs>(&request)?.netuid)?),
                     "register" => json!(chain.register(args::<NetArgs>(&request)?.netuid)?),
                     op => {

@@ -30,7 +30,7 @@ use subxt_signer::sr25519::Keypair;
 
 use super::args;
 use crate::chain::{
-    CommitArgs, Committed, Identity, NetArgs, Neuron, Registered, WeightsArgs, Written,
+    CommitArgs, Committed, Identity, NetArgs, Neuron, Registered, WeightsArgs, WeightsOf, Written,
 };
 use crate::subtensor::{self, CommitData};
 
@@ -220,6 +220,37 @@ impl Subtensor {
         }
         committed.sort_by(|a, b| b.block.cmp(&a.block).then(a.hotkey.cmp(&b.hotkey)));
         Ok(committed)
+    }
+
+    async fn weights(&self, netuid: u16) -> Result<Vec<WeightsOf>, EffectError> {
+        let at = self.at_head().await?;
+        let mut entries = at
+            .storage()
+            .iter(
+                ("SubtensorModule", "Weights"),
+                vec![Value::u128(u128::from(netuid))],
+            )
+            .await
+            .map_err(|e| self.unreachable("reading weights", e))?;
+        let mut all = Vec::new();
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(|e| self.unreachable("reading weights", e))?;
+            let uid = entry
+                .key()
+                .ok()
+                .and_then(|k| k.part(1))
+                .and_then(|p| p.decode_as::<u16>().ok().flatten())
+                .ok_or_else(|| {
+                    self.undecodable("SubtensorModule.Weights", "a key without its uid")
+                })?;
+            let weights = entry
+                .value()
+                .decode_as::<Vec<(u16, u16)>>()
+                .map_err(|e| self.undecodable("SubtensorModule.Weights", e))?;
+            all.push(WeightsOf { uid, weights });
+        }
+        all.sort_by_key(|w| w.uid);
+        Ok(all)
     }
 
     /// This hotkey's commitment on a subnet, as text.
@@ -489,6 +520,7 @@ impl Transport for Subtensor {
                 }
                 "commit" => json!(self.commit(args(&request)?).await?),
                 "set_weights" => json!(self.set_weights(args(&request)?).await?),
+                "weights" => json!(self.weights(args::<NetArgs>(&request)?.netuid).await?),
                 "uid" => json!(self.identity(args::<NetArgs>(&request)?.netuid).await?),
                 "register" => json!(self.register(args::<NetArgs>(&request)?.netuid).await?),
                 op => {

@@ -274,9 +274,16 @@ impl State {
                     signer.to_vec(),
                 ]
                 .concat();
-                if !self.storage.contains_key(&uid_key) {
+                let Some(uid) = self.storage.get(&uid_key).cloned() else {
                     return Err("HotKeyNotRegisteredInSubNet".into());
-                }
+                };
+                let dests = Vec::<u16>::decode(&mut &args["dests"][..]).unwrap();
+                let weights = Vec::<u16>::decode(&mut &args["weights"][..]).unwrap();
+                let pairs: Vec<(u16, u16)> = dests.into_iter().zip(weights).collect();
+                self.storage.insert(
+                    [prefix("SubtensorModule", "Weights"), netuid.encode(), uid].concat(),
+                    pairs.encode(),
+                );
             }
             ("SubtensorModule", "burned_register") => {
                 let netuid = u16::decode(&mut &args["netuid"][..]).unwrap();
