@@ -19,6 +19,7 @@ pub mod merge;
 pub mod miners;
 pub mod model;
 pub mod publish;
+pub mod signed;
 pub mod store;
 pub mod subtensor;
 pub mod tensors;
