@@ -1,6 +1,10 @@
 //! `merge`: aggregate accepted gradients and apply them with an outer optimizer; split a
 //! checkpoint's trainable tensors into fragments; release a full checkpoint from the latest
-//! absolute fragment states plus the base tree.
+//! absolute fragment states plus the base tree. The arithmetic lives in [`outer`] and
+//! [`fragments`].
+
+pub mod fragments;
+pub mod outer;
 
 use gradline_engine::Diagnostic;
 use gradline_engine::plan::{Effect, PlanContext};
