@@ -37,14 +37,23 @@ pub enum FragmentError {
 /// Splits the trainable tensors into `n` fragments: largest first, each to the lightest
 /// fragment so far (ties to the lower index; equal sizes in name order).
 pub fn split(contract: &Contract, n: u32) -> Result<Vec<Fragment>, FragmentError> {
-    if n == 0 {
-        return Err(FragmentError::Zero);
-    }
-    let mut tensors: Vec<(&str, u64)> = contract
+    let trainable: Vec<(String, u64)> = contract
         .tensors
         .iter()
         .filter(|t| t.trainable)
-        .map(|t| (t.name.as_str(), t.shape.iter().product::<usize>() as u64))
+        .map(|t| (t.name.clone(), t.shape.iter().product::<usize>() as u64))
+        .collect();
+    split_tensors(&trainable, n)
+}
+
+/// [`split`] over `(name, size)` pairs, all trainable.
+pub fn split_tensors(trainable: &[(String, u64)], n: u32) -> Result<Vec<Fragment>, FragmentError> {
+    if n == 0 {
+        return Err(FragmentError::Zero);
+    }
+    let mut tensors: Vec<(&str, u64)> = trainable
+        .iter()
+        .map(|(name, size)| (name.as_str(), *size))
         .collect();
     if tensors.len() < n as usize {
         return Err(FragmentError::TooMany {

@@ -6,17 +6,26 @@
 pub mod fragments;
 pub mod outer;
 
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
+use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{
-    CHECKPOINT, COMPRESSED, DIGEST, FRAGMENT, FRAGMENT_STATE, SCORES, VERDICTS,
+    BLOB, CHECKPOINT, COMPRESSED, DIGEST, FRAGMENT, FRAGMENT_STATE, SCORES, VERDICTS,
 };
+use crate::codec::{self, Limits};
+use crate::model::checkpoint::digest;
+use crate::tensors::TensorSet;
 
 /// Merge accepted work into the next checkpoint.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -128,12 +137,18 @@ impl StageKind for Merge {
                 Type::list(FRAGMENT),
                 "The fragments, balanced by size.",
             )],
-            MergeMode::Apply | MergeMode::Release => vec![
+            MergeMode::Apply => vec![
+                Port::new("checkpoint", CHECKPOINT, "The next checkpoint."),
+                Port::new("digest", DIGEST, "Its canonical digest."),
                 Port::new(
-                    "checkpoint",
-                    CHECKPOINT,
-                    "The next checkpoint, with its contract.",
+                    "momentum",
+                    BLOB,
+                    "The outer optimizer's velocity, carried to the next cycle.",
                 ),
+                Port::new("merged", Type::Int, "How many updates were merged."),
+            ],
+            MergeMode::Release => vec![
+                Port::new("checkpoint", CHECKPOINT, "The released checkpoint."),
                 Port::new("digest", DIGEST, "Its canonical digest."),
             ],
         }
@@ -192,5 +207,168 @@ impl StageKind for Merge {
             }
         };
         vec![Effect::compute(None, what)]
+    }
+
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            let base = read_tensors(cx, &cx.input(&self.checkpoint)?, "checkpoint").await?;
+            match self.mode {
+                MergeMode::Split => self.split(cx, &base),
+                MergeMode::Apply => self.apply(cx, base).await,
+                MergeMode::Release => self.release(cx, &base).await,
+            }
+        })
+    }
+}
+
+impl Merge {
+    fn split(&self, cx: &StageRun, base: &TensorSet) -> Result<Outputs, StageError> {
+        let fragments = fragments::split_tensors(&base.layout.tensors, cx.get(&self.fragments)?)
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let records = fragments
+            .iter()
+            .map(|f| {
+                Val::Map(BTreeMap::from([
+                    ("index".to_owned(), Val::Int(i64::from(f.index))),
+                    (
+                        "tensors".to_owned(),
+                        Val::List(f.tensors.iter().cloned().map(Val::Str).collect()),
+                    ),
+                    ("params".to_owned(), Val::Int(f.params as i64)),
+                ]))
+            })
+            .collect();
+        Ok(BTreeMap::from([(
+            "fragments".to_owned(),
+            Val::List(records),
+        )]))
+    }
+
+    async fn apply(&self, cx: &StageRun, mut base: TensorSet) -> Result<Outputs, StageError> {
+        let input = self
+            .gradients
+            .as_ref()
+            .ok_or_else(|| StageError::final_("`gradients:` is missing"))?;
+        let mut updates = Vec::new();
+        let blobs = cx.input(input)?;
+        for (i, blob) in blobs.artifacts().into_iter().enumerate() {
+            let sparse = codec::decode(&cx.read_artifact(blob).await?, Limits::default())
+                .and_then(|s| s.check_layout(&base.layout).map(|()| s))
+                .and_then(|s| s.to_dense())
+                .map_err(|e| StageError::final_(format!("gradient {i}: {e}")))?;
+            updates.push(sparse);
+        }
+        if updates.is_empty() {
+            return Err(StageError::final_(
+                "no accepted gradient to merge: the checkpoint stays as it is",
+            ));
+        }
+        let weights = match (self.policy, &self.scores) {
+            (Policy::Weighted, Some(scores)) => aligned_scores(&cx.input(scores)?, updates.len())?,
+            (Policy::Weighted, None) => vec![1.0; updates.len()],
+            _ => Vec::new(),
+        };
+        let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
+        let update = outer::combine(&views, &weights, self.policy, cx.get(&self.trim)?)
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let mut velocity = self.carried_velocity(cx, base.values.len()).await;
+        outer::step(
+            &mut base.values,
+            &update,
+            self.optimizer,
+            cx.get(&self.lr)?,
+            cx.get(&self.momentum)?,
+            &mut velocity,
+        )
+        .map_err(|e| StageError::final_(e.to_string()))?;
+        let momentum = TensorSet::flat(velocity)
+            .to_safetensors("momentum")
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let mut out = write_checkpoint(cx, &base).await?;
+        out.insert(
+            "momentum".to_owned(),
+            Val::Artifact(cx.write_artifact("momentum", momentum).await?),
+        );
+        out.insert("merged".to_owned(), Val::Int(updates.len() as i64));
+        Ok(out)
+    }
+
+    /// Last cycle's velocity; none (zeros) on the first cycle or when the model changed shape.
+    async fn carried_velocity(&self, cx: &StageRun, len: usize) -> Vec<f32> {
+        let Some(Val::Artifact(previous)) = cx.previous().and_then(|p| p.get("momentum").cloned())
+        else {
+            return Vec::new();
+        };
+        let carried = match cx.read_artifact(&previous).await {
+            Ok(bytes) => TensorSet::from_safetensors(&bytes).map(|t| t.values).ok(),
+            Err(_) => None,
+        };
+        match carried {
+            Some(values) if values.len() == len => values,
+            _ => {
+                tracing::warn!(stage = %cx.stage().id, "last cycle's momentum does not fit this checkpoint: starting from zero");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn release(&self, cx: &StageRun, base: &TensorSet) -> Result<Outputs, StageError> {
+        let input = self
+            .states
+            .as_ref()
+            .ok_or_else(|| StageError::final_("`states:` is missing"))?;
+        let mut states = Vec::new();
+        let given = cx.input(input)?;
+        for state in given.artifacts() {
+            states.push(
+                TensorSet::from_safetensors(&cx.read_artifact(state).await?)
+                    .map_err(|e| StageError::final_(format!("a fragment state: {e}")))?,
+            );
+        }
+        let released =
+            fragments::release(base, &states).map_err(|e| StageError::final_(e.to_string()))?;
+        write_checkpoint(cx, &released).await
+    }
+}
+
+async fn read_tensors(cx: &StageRun, value: &Val, what: &str) -> Result<TensorSet, StageError> {
+    let Val::Artifact(artifact) = value else {
+        return Err(StageError::final_(format!("`{what}` is not an artifact")));
+    };
+    TensorSet::from_safetensors(&cx.read_artifact(artifact).await?)
+        .map_err(|e| StageError::final_(format!("the {what}: {e}")))
+}
+
+async fn write_checkpoint(cx: &StageRun, set: &TensorSet) -> Result<Outputs, StageError> {
+    let bytes = set
+        .to_safetensors("checkpoint")
+        .map_err(|e| StageError::final_(e.to_string()))?;
+    Ok(BTreeMap::from([
+        ("digest".to_owned(), Val::Str(digest(set))),
+        (
+            "checkpoint".to_owned(),
+            Val::Artifact(cx.write_artifact("checkpoint", bytes).await?),
+        ),
+    ]))
+}
+
+/// `weighted` takes one score per gradient, in the gradients' order.
+fn aligned_scores(value: &Val, count: usize) -> Result<Vec<f64>, StageError> {
+    let scores: Option<Vec<f64>> = match value {
+        Val::List(items) => items
+            .iter()
+            .map(|v| match v {
+                Val::Float(f) => Some(*f),
+                Val::Int(i) => Some(*i as f64),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    };
+    match scores {
+        Some(scores) if scores.len() == count => Ok(scores),
+        _ => Err(StageError::final_(format!(
+            "`weighted` needs one number per gradient ({count}) in `scores`, in the same order"
+        ))),
     }
 }

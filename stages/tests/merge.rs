@@ -1,0 +1,181 @@
+//! `merge` in a pipeline: gradients decoded, combined and applied with the outer optimizer
+//! (its momentum carried to the next cycle), exact on known inputs; a checkpoint split into
+//! fragments and released from fragment states to the digest of the trained model.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use gradline_engine::effects::Live;
+use gradline_engine::expr::Val;
+use gradline_engine::plan::{Effect, PlanContext};
+use gradline_engine::registry::{Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError};
+use gradline_engine::schedule::StageRun;
+use gradline_engine::types::Type;
+use gradline_stages::codec::topk_f16;
+use gradline_stages::merge::fragments;
+use gradline_stages::model::checkpoint::digest;
+use gradline_stages::tensors::TensorSet;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+const BASE: [f32; 4] = [1.0, 2.0, 3.0, 4.0];
+const TRAINED: [f32; 4] = [0.5, 1.5, -3.0, 8.0];
+
+fn named(values: &[f32]) -> TensorSet {
+    TensorSet {
+        layout: gradline_stages::codec::Layout {
+            tensors: vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 1)],
+        },
+        shapes: vec![vec![2], vec![1], vec![1]],
+        values: values.to_vec(),
+    }
+}
+
+/// A checkpoint, two miners' gradients (top-k f16 at full density) and the fragment
+/// states of a trained model, as the stages upstream of `merge` would hand them on.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct Upstream {}
+
+impl StageKind for Upstream {
+    const NAME: &'static str = "upstream";
+    const DESCRIPTION: &'static str = "test inputs for merge";
+    fn inputs(&self) -> Vec<Port> {
+        Vec::new()
+    }
+    fn outputs(&self) -> Vec<Port> {
+        vec![
+            Port::new("checkpoint", Type::Named("checkpoint"), ""),
+            Port::new("gradients", Type::list(Type::Named("compressed")), ""),
+            Port::new("states", Type::list(Type::Named("fragment-state")), ""),
+        ]
+    }
+    fn effects(&self, _: &PlanContext) -> Vec<Effect> {
+        Vec::new()
+    }
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            let checkpoint = named(&BASE).to_safetensors("checkpoint").unwrap();
+            let mut gradients = Vec::new();
+            for g in [[1.0f32, 0.0, -2.0, 0.5], [3.0, 0.0, 0.0, 0.5]] {
+                let blob = topk_f16::encode(&g, 1.0, None).unwrap();
+                gradients.push(Val::Artifact(cx.write_artifact("gradients", blob).await?));
+            }
+            let trained = named(&TRAINED);
+            let fragments = fragments::split_tensors(&trained.layout.tensors, 2).unwrap();
+            let mut states = Vec::new();
+            for f in &fragments {
+                let state = fragments::extract(&trained, f).unwrap();
+                let bytes = state.to_safetensors("fragment-state").unwrap();
+                states.push(Val::Artifact(cx.write_artifact("states", bytes).await?));
+            }
+            Ok(BTreeMap::from([
+                (
+                    "checkpoint".to_owned(),
+                    Val::Artifact(cx.write_artifact("checkpoint", checkpoint).await?),
+                ),
+                ("gradients".to_owned(), Val::List(gradients)),
+                ("states".to_owned(), Val::List(states)),
+            ]))
+        })
+    }
+}
+
+const PIPELINE: &str = "version: 1
+name: merger
+role: validator
+stages:
+  up:
+    uses: upstream
+  sgd:
+    uses: merge
+    with: { checkpoint: \"${{ stages.up.outputs.checkpoint }}\", gradients: \"${{ stages.up.outputs.gradients }}\", policy: mean, optimizer: sgd, lr: 1.0 }
+  nesterov:
+    uses: merge
+    with: { checkpoint: \"${{ stages.up.outputs.checkpoint }}\", gradients: \"${{ stages.up.outputs.gradients }}\", policy: mean, optimizer: nesterov, lr: 0.5, momentum: 0.9 }
+  split:
+    uses: merge
+    with: { mode: split, checkpoint: \"${{ stages.up.outputs.checkpoint }}\", fragments: 2 }
+  release:
+    uses: merge
+    with: { mode: release, checkpoint: \"${{ stages.up.outputs.checkpoint }}\", states: \"${{ stages.up.outputs.states }}\" }
+";
+
+fn values(run: &common::TestRun, out: &Val) -> Vec<f32> {
+    let Val::Artifact(a) = out else {
+        panic!("{out:?}")
+    };
+    TensorSet::from_safetensors(&run.dir.objects.get(a).unwrap())
+        .unwrap()
+        .values
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_applies_splits_and_releases_exactly() {
+    let mut registry = gradline_stages::registry();
+    registry.register::<Upstream>();
+    let run = common::run_pipeline(
+        "merge",
+        PIPELINE,
+        &registry,
+        Arc::new(Live::new()),
+        2,
+        Duration::from_millis(200),
+    )
+    .await;
+    let entries = run.dir.entries().unwrap();
+    let of = |stage: &str, cycle: u64| {
+        entries
+            .iter()
+            .find(|e| e.stage == stage && e.cycle == cycle)
+            .unwrap_or_else(|| panic!("{stage} in cycle {cycle}"))
+            .outputs
+            .clone()
+    };
+    // mean g = [2, 0, -1, 0.5]; θ − 1·g
+    assert_eq!(
+        values(&run, &of("sgd", 0)["checkpoint"]),
+        [-1.0, 2.0, 4.0, 3.5]
+    );
+    assert_eq!(of("sgd", 0)["merged"], Val::Int(2));
+    assert_eq!(
+        of("sgd", 0)["digest"],
+        Val::Str(digest(&named(&[-1.0, 2.0, 4.0, 3.5])))
+    );
+    // Nesterov, cycle 0: v = g; θ − 0.5·(g + 0.9·g) = θ − 0.95·g
+    let first = values(&run, &of("nesterov", 0)["checkpoint"]);
+    let expect = |g: f32, k: f32, base: f32| base - k * g;
+    for (i, g) in [2.0f32, 0.0, -1.0, 0.5].iter().enumerate() {
+        assert!(
+            (first[i] - expect(*g, 0.95, BASE[i])).abs() < 1e-6,
+            "{first:?}"
+        );
+    }
+    // Cycle 1 starts from the same checkpoint but carries v: v = 1.9·g; step 0.5·(g + 0.9·1.9·g)
+    let second = values(&run, &of("nesterov", 1)["checkpoint"]);
+    for (i, g) in [2.0f32, 0.0, -1.0, 0.5].iter().enumerate() {
+        assert!(
+            (second[i] - expect(*g, 0.5 * 2.71, BASE[i])).abs() < 1e-5,
+            "{second:?}"
+        );
+    }
+    assert_eq!(
+        values(&run, &of("nesterov", 1)["momentum"]),
+        [3.8, 0.0, -1.9, 0.95]
+    );
+
+    let Val::List(split) = &of("split", 0)["fragments"] else {
+        panic!()
+    };
+    assert_eq!(split.len(), 2);
+    assert_eq!(split[0].field("params"), Some(&Val::Int(2)), "a (2) | b, c");
+    assert_eq!(
+        of("release", 0)["digest"],
+        Val::Str(digest(&named(&TRAINED))),
+        "released from the fragment states, it is the trained model"
+    );
+}
