@@ -1,6 +1,8 @@
-//! `merge` in a pipeline: gradients decoded, combined and applied with the outer optimizer
-//! (its momentum carried to the next cycle), exact on known inputs; a checkpoint split into
-//! fragments and released from fragment states to the digest of the trained model.
+//! `verify` and `merge` in a pipeline: gradients decoded, combined and applied with the outer
+//! optimizer (its momentum carried to the next cycle), exact on known inputs; a checkpoint
+//! split into fragments and released from fragment states to the digest of the trained
+//! model; integrity verdicts that accept the honest miner and say why each other one fails,
+//! and a merge of only the accepted work.
 
 mod common;
 
@@ -177,5 +179,137 @@ async fn merge_applies_splits_and_releases_exactly() {
         of("release", 0)["digest"],
         Val::Str(digest(&named(&TRAINED))),
         "released from the fragment states, it is the trained model"
+    );
+}
+
+/// Three miners' submissions: an honest one, a copy of it committed later, and one whose
+/// blob covers the wrong number of parameters; plus the checkpoint.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct Submissions {}
+
+impl StageKind for Submissions {
+    const NAME: &'static str = "submissions";
+    const DESCRIPTION: &'static str = "test submissions for verify";
+    fn inputs(&self) -> Vec<Port> {
+        Vec::new()
+    }
+    fn outputs(&self) -> Vec<Port> {
+        vec![
+            Port::new("checkpoint", Type::Named("checkpoint"), ""),
+            Port::new("miners", Type::list(Type::Named("miner")), ""),
+            Port::new("gradients", Type::list(Type::Named("compressed")), ""),
+        ]
+    }
+    fn effects(&self, _: &PlanContext) -> Vec<Effect> {
+        Vec::new()
+    }
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            let checkpoint = named(&BASE).to_safetensors("checkpoint").unwrap();
+            let honest = topk_f16::encode(&[1.0, 0.0, -2.0, 0.5], 1.0, None).unwrap();
+            let short = topk_f16::encode(&[1.0, 2.0], 1.0, None).unwrap();
+            let mut miners = Vec::new();
+            let mut gradients = Vec::new();
+            for (uid, bytes, block) in [(1, &honest, 5), (2, &honest, 7), (3, &short, 6)] {
+                let digest = blake3::hash(bytes).to_hex().to_string();
+                miners.push(Val::Map(BTreeMap::from([
+                    ("uid".to_owned(), Val::Int(uid)),
+                    ("digest".to_owned(), Val::Str(digest)),
+                    ("block".to_owned(), Val::Int(block)),
+                ])));
+                gradients.push(Val::Artifact(
+                    cx.write_artifact("gradients", bytes.clone()).await?,
+                ));
+            }
+            Ok(BTreeMap::from([
+                (
+                    "checkpoint".to_owned(),
+                    Val::Artifact(cx.write_artifact("checkpoint", checkpoint).await?),
+                ),
+                ("miners".to_owned(), Val::List(miners)),
+                ("gradients".to_owned(), Val::List(gradients)),
+            ]))
+        })
+    }
+}
+
+const VALIDATOR: &str = "version: 1
+name: judge
+role: validator
+stages:
+  in:
+    uses: submissions
+  check:
+    uses: verify
+    with: { mode: integrity, miners: \"${{ stages.in.outputs.miners }}\", gradients: \"${{ stages.in.outputs.gradients }}\", checkpoint: \"${{ stages.in.outputs.checkpoint }}\" }
+  next:
+    uses: merge
+    with: { checkpoint: \"${{ stages.in.outputs.checkpoint }}\", gradients: \"${{ stages.check.outputs.accepted }}\", policy: mean, optimizer: sgd, lr: 1.0 }
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn integrity_verdicts_accept_the_honest_miner_and_merge_only_its_work() {
+    let mut registry = gradline_stages::registry();
+    registry.register::<Submissions>();
+    let run = common::run_pipeline(
+        "judge",
+        VALIDATOR,
+        &registry,
+        Arc::new(Live::new()),
+        1,
+        Duration::from_millis(200),
+    )
+    .await;
+    let entries = run.dir.entries().unwrap();
+    let of = |stage: &str| {
+        entries
+            .iter()
+            .find(|e| e.stage == stage)
+            .unwrap_or_else(|| panic!("{stage}"))
+            .outputs
+            .clone()
+    };
+    let read = |v: &Val| {
+        let Val::Artifact(a) = v else { panic!("{v:?}") };
+        serde_json::from_slice::<serde_json::Value>(&run.dir.objects.get(a).unwrap()).unwrap()
+    };
+    let verdicts = read(&of("check")["verdicts"]);
+    let failures = |uid: usize| -> Vec<String> {
+        verdicts[uid - 1]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] == false)
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["name"].as_str().unwrap(),
+                    c["reason"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert!(failures(1).is_empty(), "{verdicts}");
+    assert_eq!(
+        failures(2),
+        ["original: uid 1 committed the same blob first (block 5): a copy"]
+    );
+    assert!(
+        failures(3)[0].contains("the blob covers 2 parameters"),
+        "{:?}",
+        failures(3)
+    );
+    assert_eq!(
+        read(&of("check")["scores"]),
+        serde_json::json!({ "1": 1.0, "2": 0.0, "3": 0.0 })
+    );
+    let Val::List(accepted) = &of("check")["accepted"] else {
+        panic!()
+    };
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(of("next")["merged"], Val::Int(1));
+    assert_eq!(
+        values(&run, &of("next")["checkpoint"]),
+        [0.0, 2.0, 5.0, 3.5]
     );
 }

@@ -2,9 +2,17 @@
 //! timing), loss-delta scoring of gradients, model pre-checks and KL scoring for the
 //! distillation contest. Emits verdicts (every rejection with its reason) and scores.
 
+pub mod integrity;
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
+use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
 use schemars::JsonSchema;
@@ -13,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::artifacts::{
     CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
 };
+use crate::codec::Limits;
+use crate::signed::Verdict;
+use crate::tensors::TensorSet;
 
 /// Verify and score miners' work.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -244,6 +255,132 @@ impl StageKind for Verify {
         }
         effects
     }
+
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(async move {
+            match self.mode {
+                Mode::Integrity if self.states.is_none() => self.integrity(cx).await,
+                mode => Err(StageError::final_(format!(
+                    "`mode: {}` cannot run yet in this version of gradline",
+                    serde_mode(mode)
+                ))),
+            }
+        })
+    }
+}
+
+impl Verify {
+    /// Integrity of each miner's committed gradient (see [`integrity`]); a score of 1 for
+    /// work that passes every check, 0 otherwise.
+    async fn integrity(&self, cx: &StageRun) -> Result<Outputs, StageError> {
+        let claims = match &self.miners {
+            Some(miners) => claims(&cx.input(miners)?)?,
+            None => return Err(StageError::final_("`miners:` is missing")),
+        };
+        let given = match &self.gradients {
+            Some(gradients) => cx.input(gradients)?,
+            None => return Err(StageError::final_("`gradients:` is missing")),
+        };
+        let mut blobs = Vec::new();
+        for blob in given.artifacts() {
+            blobs.push((blob.clone(), cx.read_artifact(blob).await?));
+        }
+        let layout = match &self.checkpoint {
+            Some(checkpoint) => match cx.input(checkpoint)? {
+                Val::Artifact(a) => Some(
+                    TensorSet::from_safetensors(&cx.read_artifact(&a).await?)
+                        .map_err(|e| StageError::final_(format!("the checkpoint: {e}")))?
+                        .layout,
+                ),
+                _ => None,
+            },
+            None => None,
+        };
+        let window = match cx.stage_resources().chain.as_ref() {
+            Some(chain) => {
+                let blocks = match &chain.window_blocks {
+                    Some(blocks) => i64::from(cx.get(blocks)?),
+                    None => 10,
+                };
+                Some((cx.window(), blocks.max(1)))
+            }
+            None => None,
+        };
+        let by_digest: Vec<(String, &[u8])> = blobs
+            .iter()
+            .map(|(a, bytes)| (a.digest.clone(), bytes.as_slice()))
+            .collect();
+        let context = integrity::Context {
+            claims: &claims,
+            layout: layout.as_ref(),
+            limits: Limits::default(),
+            window,
+        };
+        let mut verdicts = Vec::new();
+        let mut accepted = Vec::new();
+        let mut scores = serde_json::Map::new();
+        for claim in &claims {
+            let checks = integrity::check(claim, &by_digest, &context);
+            let verdict = Verdict {
+                window: cx.window().max(0) as u64,
+                miner_uid: claim.uid,
+                score: 0.0,
+                checks,
+            };
+            let score = if verdict.accepted() { 1.0 } else { 0.0 };
+            if verdict.accepted()
+                && let Some((artifact, _)) = blobs.iter().find(|(a, _)| {
+                    integrity::normalize(&a.digest) == integrity::normalize(&claim.digest)
+                })
+            {
+                accepted.push(Val::Artifact(artifact.clone()));
+            }
+            scores.insert(claim.uid.to_string(), serde_json::json!(score));
+            verdicts.push(Verdict { score, ..verdict });
+        }
+        let verdicts_bytes =
+            serde_json::to_vec(&verdicts).map_err(|e| StageError::final_(e.to_string()))?;
+        let scores_bytes =
+            serde_json::to_vec(&scores).map_err(|e| StageError::final_(e.to_string()))?;
+        Ok(BTreeMap::from([
+            (
+                "verdicts".to_owned(),
+                Val::Artifact(cx.write_artifact("verdicts", verdicts_bytes).await?),
+            ),
+            (
+                "scores".to_owned(),
+                Val::Artifact(cx.write_artifact("scores", scores_bytes).await?),
+            ),
+            ("accepted".to_owned(), Val::List(accepted)),
+            ("king".to_owned(), Val::Int(-1)),
+        ]))
+    }
+}
+
+/// The miners' claims from `miner` records.
+fn claims(miners: &Val) -> Result<Vec<integrity::Claim>, StageError> {
+    let Val::List(items) = miners else {
+        return Err(StageError::final_("`miners` is not a list of miners"));
+    };
+    items
+        .iter()
+        .map(|m| {
+            let uid = match m.field("uid") {
+                Some(Val::Int(uid)) => u16::try_from(*uid).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| StageError::final_("a miner without a uid"))?;
+            let digest = match m.field("digest") {
+                Some(Val::Str(d)) => d.clone(),
+                _ => String::new(),
+            };
+            let block = match m.field("block") {
+                Some(Val::Int(b)) => *b,
+                _ => -1,
+            };
+            Ok(integrity::Claim { uid, digest, block })
+        })
+        .collect()
 }
 
 fn serde_mode(mode: Mode) -> &'static str {
