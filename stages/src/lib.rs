@@ -13,6 +13,7 @@ pub mod data;
 pub mod download;
 pub mod emit;
 pub mod endpoint;
+pub mod hex;
 pub mod hub;
 pub mod live;
 pub mod merge;

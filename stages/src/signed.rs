@@ -5,6 +5,8 @@
 //! signature (forged or altered), the wrong signer, another window (replayed), a job past
 //! its deadline, a receipt for another job.
 
+use gradline_engine::effects::{Effects, Request};
+use gradline_engine::runtime::StageError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use subxt_signer::sr25519::{self, Keypair, PublicKey, Signature};
@@ -46,8 +48,8 @@ impl<T: Statement> Signed<T> {
         let signature = key.sign(&message::<T>(&body));
         Self {
             body,
-            signer: hex(&key.public_key().0),
-            signature: hex(&signature.0),
+            signer: crate::hex::encode_0x(&key.public_key().0),
+            signature: crate::hex::encode_0x(&signature.0),
         }
     }
 
@@ -59,10 +61,10 @@ impl<T: Statement> Signed<T> {
                 got: self.signer.clone(),
             });
         }
-        let public: [u8; 32] = unhex(&self.signer)
+        let public: [u8; 32] = crate::hex::decode(&self.signer)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| Rejection::Malformed("the signer is not a 32-byte key".into()))?;
-        let signature: [u8; 64] = unhex(&self.signature)
+        let signature: [u8; 64] = crate::hex::decode(&self.signature)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| Rejection::Malformed("the signature is not 64 bytes".into()))?;
         match sr25519::verify(
@@ -201,9 +203,39 @@ pub fn check_receipt<'a>(
     Ok(body)
 }
 
+/// Signs a statement with the role's key, which the `keys` system holds
+/// ([`crate::live::signer`]).
+pub async fn sign_with<T: Statement>(effects: &Effects, body: T) -> Result<Signed<T>, StageError> {
+    let request = Request::new(
+        "keys",
+        "sign",
+        serde_json::json!({ "message": crate::hex::encode_0x(&message::<T>(&body)) }),
+    );
+    let answer = effects
+        .call(request)
+        .await
+        .map_err(|e| StageError::from(e).context(format!("signing a {}", T::DOMAIN)))?;
+    let field = |name: &str| {
+        answer.value[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| StageError::final_(format!("the keys system gave no {name}")))
+    };
+    let signed = Signed {
+        body,
+        signer: field("signer")?,
+        signature: field("signature")?,
+    };
+    let signer = signed.signer.clone();
+    signed
+        .verify(&signer)
+        .map_err(|e| StageError::final_(format!("the key's own signature fails: {e}")))?;
+    Ok(signed)
+}
+
 /// The `0x` hex public key of a keypair, as statements name their signers.
 pub fn signer_of(key: &Keypair) -> String {
-    hex(&key.public_key().0)
+    crate::hex::encode_0x(&key.public_key().0)
 }
 
 fn message<T: Statement>(body: &T) -> Vec<u8> {
@@ -211,24 +243,6 @@ fn message<T: Statement>(body: &T) -> Vec<u8> {
     message.push(0);
     message.extend(serde_json::to_vec(body).unwrap_or_default());
     message
-}
-
-fn hex(bytes: &[u8]) -> String {
-    format!(
-        "0x{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    let text = text.strip_prefix("0x").unwrap_or(text);
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -178,9 +178,11 @@ pub fn fields_of(text: &str) -> Result<Vec<CommitData>, EncodeError> {
             c.repo
                 .map_or(CommitData::None, |r| CommitData::Raw(r.into_bytes())),
             match c.revision {
-                Some(rev) => CommitData::Raw(unhex(&rev).filter(|b| b.len() == 20).ok_or(
-                    EncodeError::Field("revision", "a pinned commit SHA (40 hex)"),
-                )?),
+                Some(rev) => {
+                    CommitData::Raw(crate::hex::decode(&rev).filter(|b| b.len() == 20).ok_or(
+                        EncodeError::Field("revision", "a pinned commit SHA (40 hex)"),
+                    )?)
+                }
                 None => CommitData::None,
             },
             match c.digest {
@@ -211,7 +213,7 @@ pub fn text_of(fields: &[CommitData]) -> Option<String> {
         [CommitData::Sha256(digest)] => Some(
             Commitment {
                 v: Commitment::VERSION,
-                digest: Some(hex(digest)),
+                digest: Some(crate::hex::encode(digest)),
                 ..Commitment::default()
             }
             .encode(),
@@ -220,12 +222,12 @@ pub fn text_of(fields: &[CommitData]) -> Option<String> {
         [repo, revision, digest] => {
             let revision = match revision {
                 CommitData::None => None,
-                CommitData::Raw(bytes) if bytes.len() == 20 => Some(hex(bytes)),
+                CommitData::Raw(bytes) if bytes.len() == 20 => Some(crate::hex::encode(bytes)),
                 _ => return None,
             };
             let digest = match digest {
                 CommitData::None => None,
-                CommitData::Sha256(hash) => Some(hex(hash)),
+                CommitData::Sha256(hash) => Some(crate::hex::encode(hash)),
                 _ => return None,
             };
             let repo = match repo {
@@ -259,21 +261,7 @@ pub fn spec_version(metadata: &Metadata) -> Option<u32> {
 }
 
 fn digest_bytes(digest: &str) -> Result<[u8; 32], EncodeError> {
-    unhex(digest.strip_prefix("blake3:").unwrap_or(digest))
+    crate::hex::decode(digest.strip_prefix("blake3:").unwrap_or(digest))
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or(EncodeError::Field("digest", "a 32-byte hash (64 hex)"))
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -19,11 +19,16 @@ use gradline_engine::runtime::{Outputs, StageError};
 use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_stages::codec::topk_f16;
+use gradline_stages::live::{LiveOptions, connect};
 use gradline_stages::merge::fragments;
 use gradline_stages::model::checkpoint::digest;
+use gradline_stages::signed::{Signed, Verdict, signer_of};
 use gradline_stages::tensors::TensorSet;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use std::str::FromStr;
+use subxt_signer::SecretUri;
+use subxt_signer::sr25519::Keypair;
 
 const BASE: [f32; 4] = [1.0, 2.0, 3.0, 4.0];
 const TRAINED: [f32; 4] = [0.5, 1.5, -3.0, 8.0];
@@ -236,6 +241,8 @@ impl StageKind for Submissions {
 const VALIDATOR: &str = "version: 1
 name: judge
 role: validator
+resources:
+  keys: { signing: { env: JUDGE_KEY } }
 stages:
   in:
     uses: submissions
@@ -251,11 +258,18 @@ stages:
 async fn integrity_verdicts_accept_the_honest_miner_and_merge_only_its_work() {
     let mut registry = gradline_stages::registry();
     registry.register::<Submissions>();
+    let pipeline = gradline_engine::load("judge.yaml", VALIDATOR, &registry, &[])
+        .pipeline
+        .unwrap();
+    let env = |name: &str| (name == "JUDGE_KEY").then(|| "//Judge".to_owned());
+    let live = connect(&pipeline, &env, &LiveOptions::from_env(&env))
+        .await
+        .unwrap();
     let run = common::run_pipeline(
         "judge",
         VALIDATOR,
         &registry,
-        Arc::new(Live::new()),
+        Arc::new(live),
         1,
         Duration::from_millis(200),
     )
@@ -274,8 +288,15 @@ async fn integrity_verdicts_accept_the_honest_miner_and_merge_only_its_work() {
         serde_json::from_slice::<serde_json::Value>(&run.dir.objects.get(a).unwrap()).unwrap()
     };
     let verdicts = read(&of("check")["verdicts"]);
+    let judge = Keypair::from_uri(&SecretUri::from_str("//Judge").unwrap()).unwrap();
+    for verdict in verdicts.as_array().unwrap() {
+        let signed: Signed<Verdict> = serde_json::from_value(verdict.clone()).unwrap();
+        signed
+            .verify(&signer_of(&judge))
+            .expect("signed by the validator's key");
+    }
     let failures = |uid: usize| -> Vec<String> {
-        verdicts[uid - 1]["checks"]
+        verdicts[uid - 1]["body"]["checks"]
             .as_array()
             .unwrap()
             .iter()

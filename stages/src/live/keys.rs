@@ -1,6 +1,7 @@
-//! The sr25519 key a role signs Bittensor extrinsics with, read from outside the pipeline
-//! file: an environment variable holding a mnemonic, a `0x` seed or a secret URI
-//! (`PHRASE//hard/soft///password`), or a Bittensor wallet hotkey file.
+//! The sr25519 key a role signs with (Bittensor extrinsics, jobs, receipts, verdicts), read
+//! from outside the pipeline file: an environment variable holding a mnemonic, a `0x` seed
+//! or a secret URI (`PHRASE//hard/soft///password`), a Bittensor wallet hotkey file, or a
+//! key generated on first use (32 random bytes in an owner-only file).
 //!
 //! A wallet hotkey file is `~/.bittensor/wallets/<wallet>/hotkeys/<hotkey>`: unencrypted
 //! JSON with `secretSeed` (`0x` + 32 bytes) or `secretPhrase` (a mnemonic), and
@@ -35,6 +36,37 @@ pub fn from_wallet_file(
     wallet_key(&text).map_err(|e| format!("the hotkey file {}: {e}", path.display()))
 }
 
+/// The key in a generated key file, created (32 random bytes, owner-only) on first use.
+pub fn generated(path: &Path) -> Result<Keypair, String> {
+    let secret = match std::fs::read(path) {
+        Ok(secret) => secret,
+        Err(_) => {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret)
+                .map_err(|e| format!("no randomness for a new key: {e}"))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(path) {
+                Ok(mut file) => std::io::Write::write_all(&mut file, &secret)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            }
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
+    };
+    let seed = blake3::derive_key("gradline generated sr25519 key v1", &secret);
+    Keypair::from_secret_key(seed).map_err(|_| format!("{} holds no usable key", path.display()))
+}
+
+/// A key's public key as bare hex: how the embedded ledger names hotkeys.
+pub fn public_hex(key: &Keypair) -> String {
+    crate::hex::encode(&key.public_key().0)
+}
+
 /// The account (SS58, prefix 42) of a key.
 pub fn account(key: &Keypair) -> AccountId32 {
     key.public_key().to_account_id()
@@ -66,7 +98,7 @@ fn wallet_key(text: &str) -> Result<Keypair, String> {
         (None, Some(phrase)) => from_secret(phrase),
         (None, None) => Err("it has neither `secretSeed` nor `secretPhrase`".into()),
     }?;
-    let public = format!("0x{}", hex(&key.public_key().0));
+    let public = crate::hex::encode_0x(&key.public_key().0);
     if let Some(expected) = &file.public_key
         && !expected.eq_ignore_ascii_case(&public)
     {
@@ -90,10 +122,6 @@ fn expand_home(path: &str, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
         (Some(rest), Some(home)) => Path::new(&home).join(rest),
         _ => PathBuf::from(path),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -123,7 +151,7 @@ mod tests {
         let key = from_secret(PHRASE).unwrap();
         let good = serde_json::json!({
             "secretPhrase": PHRASE,
-            "publicKey": format!("0x{}", hex(&key.public_key().0)),
+            "publicKey": crate::hex::encode_0x(&key.public_key().0),
             "ss58Address": account(&key).to_string(),
         });
         assert_eq!(

@@ -7,7 +7,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -105,7 +105,8 @@ impl LocalChain {
                 "`{key_name}` is not a key name (letters, digits, `-`, `_`)"
             ));
         }
-        let hotkey = generated_hotkey(&keys.join(format!("{key_name}.key")))?;
+        let key = super::keys::generated(&keys.join(format!("{key_name}.key")))?;
+        let hotkey = super::keys::public_hex(&key);
         Ok(Self {
             dir,
             genesis_ms: recorded.unix_ms,
@@ -407,40 +408,6 @@ impl Transport for LocalChain {
             .map_err(|e| EffectError::final_(format!("the ledger: {e}")))?
         })
     }
-}
-
-/// The hotkey of a generated key: created (32 random bytes, owner-only) on first use.
-fn generated_hotkey(path: &Path) -> Result<String, String> {
-    let secret = match std::fs::read(path) {
-        Ok(secret) => secret,
-        Err(_) => {
-            let seed = format!(
-                "{:?}-{}-{}",
-                std::time::SystemTime::now(),
-                std::process::id(),
-                path.display()
-            );
-            let secret = blake3::hash(seed.as_bytes()).as_bytes().to_vec();
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            match options.open(path) {
-                Ok(mut file) => file
-                    .write_all(&secret)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
-            }
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        }
-    };
-    Ok(
-        blake3::keyed_hash(b"gradline local ledger hotkey v1 ", &secret)
-            .to_hex()
-            .to_string(),
-    )
 }
 
 fn now_ms() -> u64 {

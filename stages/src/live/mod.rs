@@ -14,6 +14,7 @@ pub mod local_chain;
 pub mod local_hub;
 pub mod object_store;
 pub mod serve;
+pub mod signer;
 pub mod subtensor;
 pub mod uid_file;
 
@@ -123,6 +124,9 @@ pub async fn connect(
             .map_err(|e| format!("resources.http: {e}"))?;
         live = live.with_system("http", Arc::new(system));
     }
+    if let Some(key) = signing_key(pipeline, env)? {
+        live = live.with_system("keys", Arc::new(signer::Signer::new(key)));
+    }
     if let Some(chain) = &resources.chain {
         let url = text(&chain.url, "chain.url")?;
         if url.starts_with("local://") {
@@ -177,6 +181,46 @@ pub async fn connect(
         }
     }
     Ok(live)
+}
+
+/// The role's signing key, when the pipeline has one: `resources.keys.signing`, or on the
+/// embedded ledger the key generated for the role. Generated keys live in the ledger's
+/// `keys/` folder (`.gradline/keys/` without a ledger).
+fn signing_key(
+    pipeline: &Pipeline,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<subxt_signer::sr25519::Keypair>, String> {
+    let resources = &pipeline.spec.resources;
+    let ledger = resources
+        .chain
+        .as_ref()
+        .and_then(|c| resolve::<String>(pipeline, &c.url, env).ok())
+        .and_then(|url| url.strip_prefix("local://").map(PathBuf::from));
+    let generated = |name: &str| {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
+            return Err(format!(
+                "`{name}` is not a key name (letters, digits, `-`, `_`)"
+            ));
+        }
+        let dir = ledger
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".gradline"))
+            .join("keys");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        keys::generated(&dir.join(format!("{name}.key")))
+    };
+    let key = match resources.keys.as_ref().map(|k| &k.signing) {
+        Some(KeySource::Env(name)) => keys::from_env(name, env),
+        Some(KeySource::File(path)) => keys::from_wallet_file(path, env),
+        Some(KeySource::Generated(name)) => generated(name),
+        None if ledger.is_some() => generated(&pipeline.spec.role.value.to_string()),
+        None => return Ok(None),
+    };
+    key.map(Some).map_err(|e| format!("resources.keys: {e}"))
 }
 
 /// The first of the variables that holds a token: its name and value.

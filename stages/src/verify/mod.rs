@@ -22,7 +22,7 @@ use crate::artifacts::{
     CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
 };
 use crate::codec::Limits;
-use crate::signed::Verdict;
+use crate::signed::{self, Verdict};
 use crate::tensors::TensorSet;
 
 /// Verify and score miners' work.
@@ -198,6 +198,21 @@ impl StageKind for Verify {
                 .hint(format!("add `{p}: ${{{{ stages.ID.outputs.PORT }}}}`"))
             })
             .collect();
+        let ledger = cx
+            .resources
+            .chain
+            .as_ref()
+            .is_some_and(|c| matches!(&c.url, Value::Lit(url) if url.starts_with("local://")));
+        if cx.resources.keys.is_none() && !ledger {
+            out.push(
+                Diagnostic::error(
+                    "missing-resource",
+                    "verify signs its verdicts, and this pipeline has no key: declare `resources.keys`",
+                )
+                .at(cx.span_of("mode"))
+                .hint("e.g. `keys: { signing: { env: VALIDATOR_KEY } }`"),
+            );
+        }
         if self.mode == Mode::ModelPrecheck && self.max_params.is_none() {
             out.push(
                 Diagnostic::error(
@@ -271,7 +286,7 @@ impl StageKind for Verify {
 
 impl Verify {
     /// Integrity of each miner's committed gradient (see [`integrity`]); a score of 1 for
-    /// work that passes every check, 0 otherwise.
+    /// work that passes every check, 0 otherwise; each verdict signed with the role's key.
     async fn integrity(&self, cx: &StageRun) -> Result<Outputs, StageError> {
         let claims = match &self.miners {
             Some(miners) => claims(&cx.input(miners)?)?,
@@ -336,7 +351,7 @@ impl Verify {
                 accepted.push(Val::Artifact(artifact.clone()));
             }
             scores.insert(claim.uid.to_string(), serde_json::json!(score));
-            verdicts.push(Verdict { score, ..verdict });
+            verdicts.push(signed::sign_with(&cx.effects, Verdict { score, ..verdict }).await?);
         }
         let verdicts_bytes =
             serde_json::to_vec(&verdicts).map_err(|e| StageError::final_(e.to_string()))?;
