@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Int, Tensor, TensorData};
 use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
 use gradline_engine::expr::Val;
@@ -255,20 +254,7 @@ impl StageKind for Train {
 impl Train {
     /// The model's shape.
     pub fn model_config(&self) -> Result<GptConfig, StageError> {
-        match (self.model, &self.shape) {
-            (ModelPreset::Tiny, _) => Ok(GptConfig::tiny()),
-            (ModelPreset::NanoGpt10m, _) => Ok(GptConfig::nanogpt_10m()),
-            (ModelPreset::Custom, Some(s)) => Ok(GptConfig {
-                vocab: s.vocab as usize,
-                context: s.context as usize,
-                layers: s.layers as usize,
-                heads: s.heads as usize,
-                dim: s.dim as usize,
-            }),
-            (ModelPreset::Custom, None) => {
-                Err(StageError::final_("`model: custom` needs `shape:`"))
-            }
-        }
+        model_config(self.model, self.shape.as_ref())
     }
 
     async fn train(&self, cx: &StageRun) -> Result<Outputs, StageError> {
@@ -292,40 +278,10 @@ impl Train {
             return Err(StageError::final_("`checkpoint` is not an artifact"));
         };
         let weights = cx.read_artifact(&checkpoint).await?;
-        let index: ShardIndex = serde_json::from_slice(
-            &store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?,
-        )
-        .map_err(|e| {
-            StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}"))
-        })?;
-        if index.vocab_size as usize > config.vocab {
-            return Err(StageError::final_(format!(
-                "the shards' vocabulary ({}) is larger than the model's ({})",
-                index.vocab_size, config.vocab
-            )));
-        }
         let span = (batch * config.context + 1) as u64;
-        let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
-        let at = assign(&seed, uid, cx.window(), &counts, span)
-            .map_err(|e| StageError::final_(e.to_string()))?;
-        let shard = &index.shards[at.shard];
-        let bytes = store::get(&cx.effects, &format!("{data}/{}", shard.name)).await?;
-        if blake3::hash(&bytes).to_hex().as_str() != shard.digest {
-            return Err(StageError::retryable(format!(
-                "shard {} does not match its digest in the index",
-                shard.name
-            )));
-        }
-        let tokens = read_shard(&bytes).map_err(|e| StageError::final_(e.to_string()))?;
-        let window = tokens
-            .get(at.offset as usize..(at.offset + span) as usize)
-            .ok_or_else(|| {
-                StageError::final_(format!(
-                    "shard {} is shorter than its index says",
-                    shard.name
-                ))
-            })?
-            .to_vec();
+        let assigned =
+            assigned_tokens(cx, &data, config.vocab, &seed, uid, cx.window(), span).await?;
+        let (shard, window) = (assigned.shard, assigned.tokens);
 
         let total_steps = options.steps;
         let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, f32)>();
@@ -365,8 +321,8 @@ impl Train {
             "window": cx.window(),
             "checkpoint": checkpoint.digest,
             "gradient": gradient.digest,
-            "shard": shard.name,
-            "offset": at.offset,
+            "shard": shard,
+            "offset": assigned.offset,
             "loss_before": loss_before,
             "loss_after": loss_after,
         });
@@ -385,6 +341,84 @@ impl Train {
             ("receipt".to_owned(), Val::Artifact(receipt)),
         ]))
     }
+}
+
+/// The shape of a model preset, or of `shape:` for `custom`.
+pub(crate) fn model_config(
+    preset: ModelPreset,
+    shape: Option<&ModelShape>,
+) -> Result<GptConfig, StageError> {
+    match (preset, shape) {
+        (ModelPreset::Tiny, _) => Ok(GptConfig::tiny()),
+        (ModelPreset::NanoGpt10m, _) => Ok(GptConfig::nanogpt_10m()),
+        (ModelPreset::Custom, Some(s)) => Ok(GptConfig {
+            vocab: s.vocab as usize,
+            context: s.context as usize,
+            layers: s.layers as usize,
+            heads: s.heads as usize,
+            dim: s.dim as usize,
+        }),
+        (ModelPreset::Custom, None) => Err(StageError::final_("`model: custom` needs `shape:`")),
+    }
+}
+
+/// The tokens assigned to `uid` in `window` under `seed`.
+pub(crate) struct Assigned {
+    pub shard: String,
+    pub offset: u64,
+    /// `span` tokens.
+    pub tokens: Vec<u32>,
+}
+
+/// Reads the batch assigned to `uid` in `window` (`span` tokens) from the shards under
+/// `data` in the store, checking the shard against its digest in the index.
+pub(crate) async fn assigned_tokens(
+    cx: &StageRun,
+    data: &str,
+    vocab: usize,
+    seed: &str,
+    uid: i64,
+    window: i64,
+    span: u64,
+) -> Result<Assigned, StageError> {
+    let index: ShardIndex =
+        serde_json::from_slice(&store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?)
+            .map_err(|e| {
+                StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}"))
+            })?;
+    if index.vocab_size as usize > vocab {
+        return Err(StageError::final_(format!(
+            "the shards' vocabulary ({}) is larger than the model's ({})",
+            index.vocab_size, vocab
+        )));
+    }
+    let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
+    let at =
+        assign(seed, uid, window, &counts, span).map_err(|e| StageError::final_(e.to_string()))?;
+    let shard = &index.shards[at.shard];
+    let bytes = store::get(&cx.effects, &format!("{data}/{}", shard.name)).await?;
+    if blake3::hash(&bytes).to_hex().as_str() != shard.digest {
+        return Err(StageError::retryable(format!(
+            "shard {} does not match its digest in the index",
+            shard.name
+        )));
+    }
+    let tokens = read_shard(&bytes).map_err(|e| StageError::final_(e.to_string()))?;
+    let assigned = tokens
+        .get(at.offset as usize..(at.offset + span) as usize)
+        .ok_or_else(|| {
+            StageError::final_(format!(
+                "shard {} is shorter than its index says",
+                shard.name
+            ))
+        })?
+        .to_vec();
+
+    Ok(Assigned {
+        shard: shard.name.clone(),
+        offset: at.offset,
+        tokens: assigned,
+    })
 }
 
 /// What a training run hands back: losses, tokens, and the update.
@@ -449,15 +483,7 @@ fn train_on<B: burn::tensor::backend::AutodiffBackend>(
     let (config, context) = (job.config, job.config.context);
     let model = checkpoint::load::<B>(job.weights, config, &device)
         .map_err(|e| StageError::final_(e.to_string()))?;
-    let rows: Vec<i64> = (0..job.batch)
-        .flat_map(|r| {
-            job.window[r * context..r * context + context + 1]
-                .iter()
-                .map(|&t| t as i64)
-        })
-        .collect();
-    let tensor =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(rows, [job.batch, context + 1]), &device);
+    let tensor = crate::model::eval::rows::<B>(job.window, job.batch, context, &device);
     let outcome = train(model, tensor, job.options, progress);
     Ok((
         outcome.loss_before,

@@ -1,6 +1,7 @@
 //! The model trained and scored by the `train` and `verify` stages, on burn.
 
 pub mod checkpoint;
+pub mod eval;
 pub mod gpt;
 pub mod train;
 

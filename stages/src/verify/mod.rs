@@ -3,6 +3,7 @@
 //! distillation contest. Emits verdicts (every rejection with its reason) and scores.
 
 pub mod integrity;
+pub mod loss_delta;
 
 use std::collections::BTreeMap;
 
@@ -21,9 +22,13 @@ use serde::{Deserialize, Serialize};
 use crate::artifacts::{
     CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
 };
-use crate::codec::Limits;
-use crate::signed::{self, Verdict};
+use crate::codec::{self, Limits, Sparse};
+use crate::model::eval;
+use crate::model::{Cpu, GptConfig};
+use crate::signed::{self, Check, Verdict};
 use crate::tensors::TensorSet;
+use crate::train::{ModelPreset, ModelShape, assigned_tokens, model_config};
+use gradline_engine::runtime::ArtifactRef;
 
 /// Verify and score miners' work.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -55,7 +60,9 @@ pub struct Verify {
     /// loss-delta: the factor the update is applied at.
     #[serde(default = "one")]
     pub factor: Value<f64>,
-    /// loss-delta: the seed of the validator's random comparison batch.
+    /// loss-delta: the seed of the validator's random comparison batch; keep it private
+    /// (`${{ env.NAME }}`), or miners could train on that batch too. Default: derived from
+    /// the window, which miners can predict.
     #[serde(default)]
     pub seed: Option<Value<String>>,
     /// model-precheck: the largest parameter count, from safetensors headers.
@@ -76,6 +83,25 @@ pub struct Verify {
     /// Cosine above which two miners' work counts as a copy (the later one loses).
     #[serde(default = "default_copy")]
     pub copy_threshold: Value<f64>,
+    /// loss-delta: the model, as `train` has it.
+    #[serde(default)]
+    pub model: ModelPreset,
+    /// loss-delta, `model: custom`: its shape.
+    #[serde(default)]
+    pub shape: Option<ModelShape>,
+    /// loss-delta: sequences per measured batch (the miners' `batch`).
+    #[serde(default = "default_batch")]
+    pub batch: Value<u32>,
+    /// loss-delta: the store prefix holding token shards (the miners' `data`).
+    #[serde(default = "default_data")]
+    pub data: Value<String>,
+    /// loss-delta: the seed of the miners' batch assignment (their `seed`).
+    #[serde(default = "default_assign_seed")]
+    pub assign_seed: Value<String>,
+    /// loss-delta: the window the work was assigned in (default: the window of the miner's
+    /// commitment block; without a chain, this cycle's window).
+    #[serde(default)]
+    pub work_window: Option<Value<i64>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -105,6 +131,15 @@ fn default_new_tokens() -> Value<u32> {
 }
 fn default_copy() -> Value<f64> {
     Value::Lit(0.9999)
+}
+fn default_batch() -> Value<u32> {
+    Value::Lit(8)
+}
+fn default_data() -> Value<String> {
+    Value::Lit("data/shards".into())
+}
+fn default_assign_seed() -> Value<String> {
+    Value::Lit("gradline".into())
 }
 
 impl Verify {
@@ -254,6 +289,16 @@ impl StageKind for Verify {
             ),
         };
         let mut effects = vec![Effect::compute(Some(cx.device().to_string()), what)];
+        if self.mode == Mode::LossDelta {
+            effects.push(Effect::read(
+                "store",
+                cx.store(),
+                format!(
+                    "{}/: each miner's assigned batch and a random batch",
+                    cx.render(&self.data)
+                ),
+            ));
+        }
         if matches!(self.mode, Mode::ModelPrecheck | Mode::Kl) {
             effects.push(Effect::read(
                 "hub",
@@ -275,6 +320,7 @@ impl StageKind for Verify {
         Box::pin(async move {
             match self.mode {
                 Mode::Integrity if self.states.is_none() => self.integrity(cx).await,
+                Mode::LossDelta => self.loss_delta(cx).await,
                 mode => Err(StageError::final_(format!(
                     "`mode: {}` cannot run yet in this version of gradline",
                     serde_mode(mode)
@@ -284,10 +330,45 @@ impl StageKind for Verify {
     }
 }
 
+/// What a verify round works on: the miners' claims, the blobs downloaded, the checkpoint.
+struct Round {
+    claims: Vec<integrity::Claim>,
+    blobs: Vec<(ArtifactRef, Vec<u8>)>,
+    base: Option<TensorSet>,
+    /// `(window, blocks per window)` when the chain keeps time.
+    window: Option<(i64, i64)>,
+}
+
+impl Round {
+    fn blob_of(&self, claim: &integrity::Claim) -> Option<&(ArtifactRef, Vec<u8>)> {
+        let digest = integrity::normalize(&claim.digest);
+        self.blobs
+            .iter()
+            .find(|(a, _)| integrity::normalize(&a.digest) == digest)
+    }
+
+    /// The integrity checks of every claim, in miner order.
+    fn integrity(&self) -> Vec<Vec<Check>> {
+        let by_digest: Vec<(String, &[u8])> = self
+            .blobs
+            .iter()
+            .map(|(a, bytes)| (a.digest.clone(), bytes.as_slice()))
+            .collect();
+        let context = integrity::Context {
+            claims: &self.claims,
+            layout: self.base.as_ref().map(|b| &b.layout),
+            limits: Limits::default(),
+            window: self.window,
+        };
+        self.claims
+            .iter()
+            .map(|claim| integrity::check(claim, &by_digest, &context))
+            .collect()
+    }
+}
+
 impl Verify {
-    /// Integrity of each miner's committed gradient (see [`integrity`]); a score of 1 for
-    /// work that passes every check, 0 otherwise; each verdict signed with the role's key.
-    async fn integrity(&self, cx: &StageRun) -> Result<Outputs, StageError> {
+    async fn round(&self, cx: &StageRun) -> Result<Round, StageError> {
         let claims = match &self.miners {
             Some(miners) => claims(&cx.input(miners)?)?,
             None => return Err(StageError::final_("`miners:` is missing")),
@@ -300,12 +381,11 @@ impl Verify {
         for blob in given.artifacts() {
             blobs.push((blob.clone(), cx.read_artifact(blob).await?));
         }
-        let layout = match &self.checkpoint {
+        let base = match &self.checkpoint {
             Some(checkpoint) => match cx.input(checkpoint)? {
                 Val::Artifact(a) => Some(
                     TensorSet::from_safetensors(&cx.read_artifact(&a).await?)
-                        .map_err(|e| StageError::final_(format!("the checkpoint: {e}")))?
-                        .layout,
+                        .map_err(|e| StageError::final_(format!("the checkpoint: {e}")))?,
                 ),
                 _ => None,
             },
@@ -321,55 +401,206 @@ impl Verify {
             }
             None => None,
         };
-        let by_digest: Vec<(String, &[u8])> = blobs
-            .iter()
-            .map(|(a, bytes)| (a.digest.clone(), bytes.as_slice()))
-            .collect();
-        let context = integrity::Context {
-            claims: &claims,
-            layout: layout.as_ref(),
-            limits: Limits::default(),
+        Ok(Round {
+            claims,
+            blobs,
+            base,
             window,
-        };
-        let mut verdicts = Vec::new();
-        let mut accepted = Vec::new();
-        let mut scores = serde_json::Map::new();
-        for claim in &claims {
-            let checks = integrity::check(claim, &by_digest, &context);
-            let verdict = Verdict {
-                window: cx.window().max(0) as u64,
-                miner_uid: claim.uid,
-                score: 0.0,
-                checks,
-            };
-            let score = if verdict.accepted() { 1.0 } else { 0.0 };
-            if verdict.accepted()
-                && let Some((artifact, _)) = blobs.iter().find(|(a, _)| {
-                    integrity::normalize(&a.digest) == integrity::normalize(&claim.digest)
-                })
-            {
-                accepted.push(Val::Artifact(artifact.clone()));
-            }
-            scores.insert(claim.uid.to_string(), serde_json::json!(score));
-            verdicts.push(signed::sign_with(&cx.effects, Verdict { score, ..verdict }).await?);
-        }
-        let verdicts_bytes =
-            serde_json::to_vec(&verdicts).map_err(|e| StageError::final_(e.to_string()))?;
-        let scores_bytes =
-            serde_json::to_vec(&scores).map_err(|e| StageError::final_(e.to_string()))?;
-        Ok(BTreeMap::from([
-            (
-                "verdicts".to_owned(),
-                Val::Artifact(cx.write_artifact("verdicts", verdicts_bytes).await?),
-            ),
-            (
-                "scores".to_owned(),
-                Val::Artifact(cx.write_artifact("scores", scores_bytes).await?),
-            ),
-            ("accepted".to_owned(), Val::List(accepted)),
-            ("king".to_owned(), Val::Int(-1)),
-        ]))
+        })
     }
+
+    /// Integrity of each miner's committed gradient (see [`integrity`]); a score of 1 for
+    /// work that passes every check, 0 otherwise.
+    async fn integrity(&self, cx: &StageRun) -> Result<Outputs, StageError> {
+        let round = self.round(cx).await?;
+        let judged = round
+            .integrity()
+            .into_iter()
+            .map(|checks| {
+                let score = if checks.iter().all(|c| c.passed) {
+                    1.0
+                } else {
+                    0.0
+                };
+                (checks, score)
+            })
+            .collect();
+        emit(cx, &round, judged).await
+    }
+
+    /// Integrity, then each passing update applied at `factor` and scored by its loss
+    /// improvement on its own batch against a random one (see [`loss_delta`]); near copies
+    /// of earlier work score nothing.
+    async fn loss_delta(&self, cx: &StageRun) -> Result<Outputs, StageError> {
+        let round = self.round(cx).await?;
+        let base = round
+            .base
+            .clone()
+            .ok_or_else(|| StageError::final_("`checkpoint:` is missing"))?;
+        let config = model_config(self.model, self.shape.as_ref())?;
+        let (batch, factor) = (cx.get(&self.batch)?.max(1) as usize, cx.get(&self.factor)?);
+        let (data, assign_seed) = (cx.get(&self.data)?, cx.get(&self.assign_seed)?);
+        let random_seed = match &self.seed {
+            Some(seed) => cx.get(seed)?,
+            None => format!("gradline.random-batch.{}", cx.window()),
+        };
+        let threshold = cx.get(&self.copy_threshold)?;
+        let integrity = round.integrity();
+        let decoded: Vec<Option<Sparse>> = round
+            .claims
+            .iter()
+            .zip(&integrity)
+            .map(|(claim, checks)| {
+                let passed = checks.iter().all(|c| c.passed);
+                let (_, bytes) = round.blob_of(claim)?;
+                passed
+                    .then(|| codec::decode(bytes, Limits::default()).ok())
+                    .flatten()
+            })
+            .collect();
+        let candidates: Vec<(u16, i64, &Sparse)> = round
+            .claims
+            .iter()
+            .zip(&decoded)
+            .filter_map(|(c, s)| s.as_ref().map(|s| (c.uid, c.block, s)))
+            .collect();
+        let copied = loss_delta::copies(&candidates, threshold);
+        let span = (batch * config.context + 1) as u64;
+        let mut judged = Vec::new();
+        let mut next = 0;
+        for (i, (claim, mut checks)) in round.claims.iter().zip(integrity).enumerate() {
+            let Some(update) = &decoded[i] else {
+                judged.push((checks, 0.0));
+                continue;
+            };
+            let copy_of = copied[next];
+            next += 1;
+            if let Some(original) = copy_of {
+                checks.push(Check {
+                    name: "original".into(),
+                    passed: false,
+                    reason: Some(format!(
+                        "nearly the same update as uid {original}'s, committed earlier: a copy"
+                    )),
+                });
+                judged.push((checks, 0.0));
+                continue;
+            }
+            let window = match (&self.work_window, round.window) {
+                (Some(w), _) => cx.get(w)?,
+                (None, Some((_, blocks))) if claim.block >= 0 => claim.block / blocks,
+                _ => cx.window(),
+            };
+            let uid = i64::from(claim.uid);
+            let assigned =
+                assigned_tokens(cx, &data, config.vocab, &assign_seed, uid, window, span)
+                    .await?
+                    .tokens;
+            let random = assigned_tokens(cx, &data, config.vocab, &random_seed, uid, window, span)
+                .await?
+                .tokens;
+            let dense = update
+                .to_dense()
+                .map_err(|e| StageError::final_(e.to_string()))?;
+            let job = LossJob {
+                base: base.clone(),
+                dense,
+                factor,
+                config,
+                batch,
+                assigned,
+                random,
+            };
+            let losses = tokio::task::spawn_blocking(move || job.measure())
+                .await
+                .map_err(|e| StageError::final_(format!("measuring losses: {e}")))??;
+            cx.progress(
+                next as u64,
+                candidates.len() as u64,
+                format!(
+                    "uid {}: loss {:.4} → {:.4}",
+                    claim.uid, losses.assigned_before, losses.assigned_after
+                ),
+            );
+            let (more, score) = loss_delta::judge(&losses);
+            checks.extend(more);
+            judged.push((checks, score));
+        }
+        emit(cx, &round, judged).await
+    }
+}
+
+/// One update's four losses, measured off the async runtime (CPU).
+struct LossJob {
+    base: TensorSet,
+    dense: Vec<f32>,
+    factor: f64,
+    config: GptConfig,
+    batch: usize,
+    assigned: Vec<u32>,
+    random: Vec<u32>,
+}
+
+impl LossJob {
+    fn measure(self) -> Result<loss_delta::Losses, StageError> {
+        let device = Default::default();
+        let mut after = self.base.clone();
+        for (p, g) in after.values.iter_mut().zip(&self.dense) {
+            *p = (f64::from(*p) - self.factor * f64::from(*g)) as f32;
+        }
+        let loss = |set: &TensorSet, tokens: &[u32]| {
+            eval::loss::<Cpu>(set, self.config, tokens, self.batch, &device)
+                .map_err(|e| StageError::final_(e.to_string()))
+        };
+        Ok(loss_delta::Losses {
+            assigned_before: loss(&self.base, &self.assigned)?,
+            assigned_after: loss(&after, &self.assigned)?,
+            random_before: loss(&self.base, &self.random)?,
+            random_after: loss(&after, &self.random)?,
+        })
+    }
+}
+
+/// Signs a verdict per miner and writes verdicts, scores and the accepted work.
+async fn emit(
+    cx: &StageRun,
+    round: &Round,
+    judged: Vec<(Vec<Check>, f64)>,
+) -> Result<Outputs, StageError> {
+    let mut verdicts = Vec::new();
+    let mut accepted = Vec::new();
+    let mut scores = serde_json::Map::new();
+    for (claim, (checks, score)) in round.claims.iter().zip(judged) {
+        let verdict = Verdict {
+            window: cx.window().max(0) as u64,
+            miner_uid: claim.uid,
+            checks,
+            score,
+        };
+        if verdict.accepted()
+            && let Some((artifact, _)) = round.blob_of(claim)
+        {
+            accepted.push(Val::Artifact(artifact.clone()));
+        }
+        scores.insert(claim.uid.to_string(), serde_json::json!(score));
+        verdicts.push(signed::sign_with(&cx.effects, verdict).await?);
+    }
+    let verdicts_bytes =
+        serde_json::to_vec(&verdicts).map_err(|e| StageError::final_(e.to_string()))?;
+    let scores_bytes =
+        serde_json::to_vec(&scores).map_err(|e| StageError::final_(e.to_string()))?;
+    Ok(BTreeMap::from([
+        (
+            "verdicts".to_owned(),
+            Val::Artifact(cx.write_artifact("verdicts", verdicts_bytes).await?),
+        ),
+        (
+            "scores".to_owned(),
+            Val::Artifact(cx.write_artifact("scores", scores_bytes).await?),
+        ),
+        ("accepted".to_owned(), Val::List(accepted)),
+        ("king".to_owned(), Val::Int(-1)),
+    ]))
 }
 
 /// The miners' claims from `miner` records.
