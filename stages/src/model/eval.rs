@@ -26,25 +26,29 @@ pub fn rows<B: Backend>(
     Tensor::from_data(TensorData::new(rows, [batch, context + 1]), device)
 }
 
-/// The mean next-token loss of the weights `set` on `batch` rows of `tokens`.
-pub fn loss<B: Backend>(
+/// The mean next-token loss of the weights `set` on `batch` rows of each of `windows`
+/// (the model is loaded once).
+pub fn losses<B: Backend>(
     set: &TensorSet,
     config: GptConfig,
-    tokens: &[u32],
+    windows: &[&[u32]],
     batch: usize,
     device: &B::Device,
-) -> Result<f32, CheckpointError> {
+) -> Result<Vec<f32>, CheckpointError> {
     let needed = batch * config.context + 1;
-    if tokens.len() < needed {
+    if let Some(short) = windows.iter().find(|w| w.len() < needed) {
         return Err(CheckpointError::Shape {
             config,
-            why: format!("{} tokens for a batch that needs {needed}", tokens.len()),
+            why: format!("{} tokens for a batch that needs {needed}", short.len()),
         });
     }
     let bytes = set.to_safetensors("checkpoint")?;
     let model = checkpoint::load::<B>(&bytes, config, device)?;
-    let value = model.loss(rows::<B>(tokens, batch, config.context, device));
-    Ok(burn::tensor::ElementConversion::elem::<f32>(
-        value.into_scalar(),
-    ))
+    Ok(windows
+        .iter()
+        .map(|tokens| {
+            let value = model.loss(rows::<B>(tokens, batch, config.context, device));
+            burn::tensor::ElementConversion::elem::<f32>(value.into_scalar())
+        })
+        .collect())
 }

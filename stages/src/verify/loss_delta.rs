@@ -4,7 +4,9 @@
 //! — updates nearly parallel to one committed earlier — score nothing.
 
 use crate::codec::Sparse;
+use crate::model::{Cpu, GptConfig, eval};
 use crate::signed::Check;
+use crate::tensors::TensorSet;
 
 /// An update must improve its own batch by more than a random one, by at least this
 /// fraction of its own improvement: early in training every update helps every batch a
@@ -37,6 +39,44 @@ fn relative(before: f32, after: f32) -> f64 {
         f64::from(before - after) / f64::from(before)
     } else {
         f64::NEG_INFINITY
+    }
+}
+
+/// What measuring one update needs: the checkpoint, the update, and the two batches.
+pub struct Measure<'a> {
+    pub base: &'a TensorSet,
+    pub update: &'a Sparse,
+    pub factor: f64,
+    pub config: GptConfig,
+    pub batch: usize,
+    pub assigned: &'a [u32],
+    pub random: &'a [u32],
+}
+
+impl Measure<'_> {
+    /// The four losses, on the CPU: the update applied as θ − factor·g.
+    pub fn losses(&self) -> Result<Losses, String> {
+        let device = Default::default();
+        let mut after = self.base.clone();
+        for (&i, &g) in self.update.indices.iter().zip(&self.update.values) {
+            let p = after
+                .values
+                .get_mut(i as usize)
+                .ok_or_else(|| format!("index {i} is outside the checkpoint"))?;
+            *p = (f64::from(*p) - self.factor * f64::from(g)) as f32;
+        }
+        let windows = [self.assigned, self.random];
+        let measure = |set: &TensorSet| {
+            eval::losses::<Cpu>(set, self.config, &windows, self.batch, &device)
+                .map_err(|e| e.to_string())
+        };
+        let (before, after) = (measure(self.base)?, measure(&after)?);
+        Ok(Losses {
+            assigned_before: before[0],
+            assigned_after: after[0],
+            random_before: before[1],
+            random_after: after[1],
+        })
     }
 }
 

@@ -23,8 +23,6 @@ use crate::artifacts::{
     CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
 };
 use crate::codec::{self, Limits, Sparse};
-use crate::model::eval;
-use crate::model::{Cpu, GptConfig};
 use crate::signed::{self, Check, Verdict};
 use crate::tensors::TensorSet;
 use crate::train::{ModelPreset, ModelShape, assigned_tokens, model_config};
@@ -433,10 +431,12 @@ impl Verify {
     /// of earlier work score nothing.
     async fn loss_delta(&self, cx: &StageRun) -> Result<Outputs, StageError> {
         let round = self.round(cx).await?;
-        let base = round
-            .base
-            .clone()
-            .ok_or_else(|| StageError::final_("`checkpoint:` is missing"))?;
+        let base = std::sync::Arc::new(
+            round
+                .base
+                .clone()
+                .ok_or_else(|| StageError::final_("`checkpoint:` is missing"))?,
+        );
         let config = model_config(self.model, self.shape.as_ref())?;
         let (batch, factor) = (cx.get(&self.batch)?.max(1) as usize, cx.get(&self.factor)?);
         let (data, assign_seed) = (cx.get(&self.data)?, cx.get(&self.assign_seed)?);
@@ -499,21 +499,22 @@ impl Verify {
             let random = assigned_tokens(cx, &data, config.vocab, &random_seed, uid, window, span)
                 .await?
                 .tokens;
-            let dense = update
-                .to_dense()
-                .map_err(|e| StageError::final_(e.to_string()))?;
-            let job = LossJob {
-                base: base.clone(),
-                dense,
-                factor,
-                config,
-                batch,
-                assigned,
-                random,
-            };
-            let losses = tokio::task::spawn_blocking(move || job.measure())
-                .await
-                .map_err(|e| StageError::final_(format!("measuring losses: {e}")))??;
+            let (base, update) = (base.clone(), update.clone());
+            let losses = tokio::task::spawn_blocking(move || {
+                loss_delta::Measure {
+                    base: &base,
+                    update: &update,
+                    factor,
+                    config,
+                    batch,
+                    assigned: &assigned,
+                    random: &random,
+                }
+                .losses()
+            })
+            .await
+            .map_err(|e| StageError::final_(format!("measuring losses: {e}")))?
+            .map_err(StageError::final_)?;
             cx.progress(
                 next as u64,
                 candidates.len() as u64,
@@ -527,37 +528,6 @@ impl Verify {
             judged.push((checks, score));
         }
         emit(cx, &round, judged).await
-    }
-}
-
-/// One update's four losses, measured off the async runtime (CPU).
-struct LossJob {
-    base: TensorSet,
-    dense: Vec<f32>,
-    factor: f64,
-    config: GptConfig,
-    batch: usize,
-    assigned: Vec<u32>,
-    random: Vec<u32>,
-}
-
-impl LossJob {
-    fn measure(self) -> Result<loss_delta::Losses, StageError> {
-        let device = Default::default();
-        let mut after = self.base.clone();
-        for (p, g) in after.values.iter_mut().zip(&self.dense) {
-            *p = (f64::from(*p) - self.factor * f64::from(*g)) as f32;
-        }
-        let loss = |set: &TensorSet, tokens: &[u32]| {
-            eval::loss::<Cpu>(set, self.config, tokens, self.batch, &device)
-                .map_err(|e| StageError::final_(e.to_string()))
-        };
-        Ok(loss_delta::Losses {
-            assigned_before: loss(&self.base, &self.assigned)?,
-            assigned_after: loss(&after, &self.assigned)?,
-            random_before: loss(&self.base, &self.random)?,
-            random_after: loss(&after, &self.random)?,
-        })
     }
 }
 
