@@ -238,6 +238,9 @@ pub fn signer_of(key: &Keypair) -> String {
     crate::hex::encode_0x(&key.public_key().0)
 }
 
+/// The bytes a signature covers: the domain tag, a zero byte, the body's JSON. Floats in a
+/// body survive a JSON round trip exactly (serde_json's `float_roundtrip`), so a statement
+/// read back from a file verifies.
 fn message<T: Statement>(body: &T) -> Vec<u8> {
     let mut message = T::DOMAIN.as_bytes().to_vec();
     message.push(0);
@@ -375,6 +378,25 @@ mod tests {
             check_receipt(&replayed, &me, &signed, &boss, 10, 60),
             Err(Rejection::OtherWindow { .. })
         ));
+    }
+
+    #[test]
+    fn a_verdict_with_any_score_verifies_after_a_trip_through_json() {
+        let validator = key(7);
+        for score in [0.1071157580657912, 1.0 / 3.0, 2.0e-9, 0.0] {
+            let signed = Signed::sign(
+                Verdict {
+                    window: 1,
+                    miner_uid: 2,
+                    checks: Vec::new(),
+                    score,
+                },
+                &validator,
+            );
+            let text = serde_json::to_string(&signed).unwrap();
+            let back: Signed<Verdict> = serde_json::from_str(&text).unwrap();
+            assert!(back.verify(&signer_of(&validator)).is_ok(), "{score}");
+        }
     }
 
     #[test]

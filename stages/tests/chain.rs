@@ -253,15 +253,7 @@ async fn a_commitment_is_written_once_read_back_and_weights_follow_the_scores() 
 /// What the validator pipeline's two cycles must leave, on any chain: the commitment
 /// written in cycle 0 and skipped in cycle 1, read back, the miner listed, the weights.
 fn assert_validator_outputs(run: &common::TestRun, digest: &str) {
-    let entries = run.dir.entries().unwrap();
-    let of = |stage: &str, cycle: u64| {
-        entries
-            .iter()
-            .find(|e| e.stage == stage && e.cycle == cycle)
-            .unwrap_or_else(|| panic!("{stage} in cycle {cycle}"))
-            .outputs
-            .clone()
-    };
+    let of = |stage: &str, cycle: u64| run.outputs(stage, cycle);
     let Val::Str(first) = &of("anchor", 0)["extrinsic"] else {
         panic!()
     };

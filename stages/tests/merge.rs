@@ -134,15 +134,7 @@ async fn merge_applies_splits_and_releases_exactly() {
         Duration::from_millis(200),
     )
     .await;
-    let entries = run.dir.entries().unwrap();
-    let of = |stage: &str, cycle: u64| {
-        entries
-            .iter()
-            .find(|e| e.stage == stage && e.cycle == cycle)
-            .unwrap_or_else(|| panic!("{stage} in cycle {cycle}"))
-            .outputs
-            .clone()
-    };
+    let of = |stage: &str, cycle: u64| run.outputs(stage, cycle);
     // mean g = [2, 0, -1, 0.5]; θ − 1·g
     assert_eq!(
         values(&run, &of("sgd", 0)["checkpoint"]),
@@ -274,15 +266,7 @@ async fn integrity_verdicts_accept_the_honest_miner_and_merge_only_its_work() {
         Duration::from_millis(200),
     )
     .await;
-    let entries = run.dir.entries().unwrap();
-    let of = |stage: &str| {
-        entries
-            .iter()
-            .find(|e| e.stage == stage)
-            .unwrap_or_else(|| panic!("{stage}"))
-            .outputs
-            .clone()
-    };
+    let of = |stage: &str| run.outputs(stage, 0);
     let read = |v: &Val| {
         let Val::Artifact(a) = v else { panic!("{v:?}") };
         serde_json::from_slice::<serde_json::Value>(&run.dir.objects.get(a).unwrap()).unwrap()

@@ -53,28 +53,6 @@ impl StageKind for Fresh {
     }
 }
 
-/// A store that serves the repository's `fixtures/shards/` folder.
-struct FixtureStore(PathBuf);
-
-impl Transport for FixtureStore {
-    fn call<'a>(
-        &'a self,
-        _: &'a CallScope,
-        request: Request,
-    ) -> BoxFuture<'a, Result<Response, EffectError>> {
-        Box::pin(async move {
-            let key = request.args["key"].as_str().unwrap_or_default();
-            match std::fs::read(self.0.join(key)) {
-                Ok(body) => Ok(Response {
-                    value: serde_json::json!({}),
-                    body: Some(body),
-                }),
-                Err(e) => Err(EffectError::final_(format!("{key}: {e}"))),
-            }
-        })
-    }
-}
-
 const PIPELINE: &str = "version: 1
 name: trainer
 role: miner
@@ -94,8 +72,8 @@ stages:
 async fn train_reads_its_batch_through_the_store_and_feeds_compress() {
     let mut registry = gradline_stages::registry();
     registry.register::<Fresh>();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/shards");
-    let transport = Arc::new(Live::new().with_system("store", Arc::new(FixtureStore(root))));
+    let transport =
+        Arc::new(Live::new().with_system("store", Arc::new(common::FixtureStore::shards())));
     let run = common::run_pipeline(
         "train",
         PIPELINE,

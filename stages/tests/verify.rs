@@ -155,28 +155,6 @@ impl StageKind for Gather {
     }
 }
 
-/// A store that serves the repository's `fixtures/shards/` folder.
-struct FixtureStore(PathBuf);
-
-impl Transport for FixtureStore {
-    fn call<'a>(
-        &'a self,
-        _: &'a CallScope,
-        request: Request,
-    ) -> BoxFuture<'a, Result<Response, EffectError>> {
-        Box::pin(async move {
-            let key = request.args["key"].as_str().unwrap_or_default();
-            match std::fs::read(self.0.join(key)) {
-                Ok(body) => Ok(Response {
-                    value: serde_json::json!({}),
-                    body: Some(body),
-                }),
-                Err(e) => Err(EffectError::final_(format!("{key}: {e}"))),
-            }
-        })
-    }
-}
-
 const PIPELINE: &str = "version: 1
 name: loss-delta
 role: validator
@@ -212,16 +190,19 @@ stages:
       seed: validator-secret
 ";
 
+/// The window every batch is drawn for.
+const WINDOW: u64 = 5;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn loss_delta_scores_the_honest_miner_and_says_why_the_others_fail() {
     let mut registry = gradline_stages::registry();
     registry.register::<Fresh>();
     registry.register::<Gather>();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/shards");
     let key = Keypair::from_uri(&SecretUri::from_str("//Validator").unwrap()).unwrap();
     let transport = Arc::new(
         gradline_engine::effects::Live::new()
-            .with_system("store", Arc::new(FixtureStore(root)))
+            .with_system("store", Arc::new(common::FixtureStore::shards()))
+            .with_system("clock", Arc::new(common::StoppedClock(WINDOW * 60_000 + 1)))
             .with_system("keys", Arc::new(Signer::new(key.clone()))),
     );
     let run = common::run_pipeline(
@@ -233,18 +214,18 @@ async fn loss_delta_scores_the_honest_miner_and_says_why_the_others_fail() {
         Duration::from_secs(60),
     )
     .await;
-    let entries = run.dir.entries().unwrap();
-    let judge = entries.iter().find(|e| e.stage == "judge").unwrap();
+    let judge = run.outputs("judge", 0);
     let read = |v: &Val| {
         let Val::Artifact(a) = v else { panic!("{v:?}") };
         serde_json::from_slice::<serde_json::Value>(&run.dir.objects.get(a).unwrap()).unwrap()
     };
-    let verdicts: Vec<Signed<Verdict>> =
-        serde_json::from_value(read(&judge.outputs["verdicts"])).unwrap();
+    let verdicts: Vec<Signed<Verdict>> = serde_json::from_value(read(&judge["verdicts"])).unwrap();
     let signer = signer_of(&key);
     let failed = |uid: u16| -> Vec<String> {
         let verdict = verdicts.iter().find(|v| v.body.miner_uid == uid).unwrap();
-        let body = verdict.verify(&signer).expect("signed by the validator");
+        let body = verdict
+            .verify(&signer)
+            .unwrap_or_else(|e| panic!("{e}: {}", serde_json::to_string(verdict).unwrap()));
         body.checks
             .iter()
             .filter(|c| !c.passed)
@@ -274,12 +255,12 @@ async fn loss_delta_scores_the_honest_miner_and_says_why_the_others_fail() {
         "{:?}",
         failed(4)
     );
-    let scores = read(&judge.outputs["scores"]);
+    let scores = read(&judge["scores"]);
     assert!(scores["1"].as_f64().unwrap() > 0.0, "{scores}");
     for uid in ["2", "3", "4"] {
         assert_eq!(scores[uid], 0.0, "{scores}");
     }
-    let Val::List(accepted) = &judge.outputs["accepted"] else {
+    let Val::List(accepted) = &judge["accepted"] else {
         panic!()
     };
     assert_eq!(accepted.len(), 1);

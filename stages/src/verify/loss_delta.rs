@@ -221,7 +221,7 @@ mod tests {
             assigned_before: 5.0,
             assigned_after: 4.9,
             random_before: 5.0,
-            random_after: 4.92,
+            random_after: 4.905,
         };
         let (checks, score) = judge(&elsewhere);
         assert_eq!(score, 0.0);

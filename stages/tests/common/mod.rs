@@ -1,12 +1,15 @@
 //! Running a pipeline in a test: load it (failing on any error), run it in a fresh run folder
-//! under the temp dir, and hand back the folder to read its journal and objects.
+//! under the temp dir, and hand back the folder to read its journal and objects; and a store
+//! that serves the repository's token shards.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gradline_engine::effects::Transport;
+use futures::future::BoxFuture;
+use gradline_engine::effects::{CallScope, EffectError, Request, Response, Transport};
 use gradline_engine::journal::{RunDir, RunInfo};
+use gradline_engine::runtime::Outputs;
 use gradline_engine::schedule::{CycleReport, Quiet, RunError, RunOptions, Runner, StopSignal};
 use gradline_engine::{Registry, load};
 
@@ -14,6 +17,64 @@ use gradline_engine::{Registry, load};
 pub struct TestRun {
     pub dir: Arc<RunDir>,
     base: PathBuf,
+}
+
+impl TestRun {
+    /// The outputs a stage finished with in a cycle.
+    #[allow(dead_code)]
+    pub fn outputs(&self, stage: &str, cycle: u64) -> Outputs {
+        self.dir
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.stage == stage && e.cycle == cycle)
+            .unwrap_or_else(|| panic!("{stage} in cycle {cycle}"))
+            .outputs
+    }
+}
+
+/// A store that serves the repository's `fixtures/shards/` folder.
+#[allow(dead_code)]
+pub struct FixtureStore(pub PathBuf);
+
+#[allow(dead_code)]
+impl FixtureStore {
+    pub fn shards() -> Self {
+        Self(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/shards"))
+    }
+}
+
+impl Transport for FixtureStore {
+    fn call<'a>(
+        &'a self,
+        _: &'a CallScope,
+        request: Request,
+    ) -> BoxFuture<'a, Result<Response, EffectError>> {
+        Box::pin(async move {
+            let key = request.args["key"].as_str().unwrap_or_default();
+            match std::fs::read(self.0.join(key)) {
+                Ok(body) => Ok(Response {
+                    value: serde_json::json!({}),
+                    body: Some(body),
+                }),
+                Err(e) => Err(EffectError::final_(format!("{key}: {e}"))),
+            }
+        })
+    }
+}
+
+/// A clock stopped at one instant, so a test's windows (and batches) are always the same.
+#[allow(dead_code)]
+pub struct StoppedClock(pub u64);
+
+impl Transport for StoppedClock {
+    fn call<'a>(
+        &'a self,
+        _: &'a CallScope,
+        _: Request,
+    ) -> BoxFuture<'a, Result<Response, EffectError>> {
+        Box::pin(async move { Ok(Response::value(serde_json::json!({ "unix_ms": self.0 }))) })
+    }
 }
 
 impl Drop for TestRun {
