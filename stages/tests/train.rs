@@ -4,12 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use gradline_engine::effects::{CallScope, EffectError, Live, Request, Response, Transport};
+use gradline_engine::effects::Live;
 use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{Port, StageKind};

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use gradline_engine::effects::{CallScope, EffectError, Request, Response, Transport};
 use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{Input, Port, StageKind};
