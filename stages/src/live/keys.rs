@@ -36,6 +36,21 @@ pub fn from_wallet_file(
     wallet_key(&text).map_err(|e| format!("the hotkey file {}: {e}", path.display()))
 }
 
+/// The generated key `name` in `dir` (created with the folder on first use).
+pub fn generated_in(dir: &Path, name: &str) -> Result<Keypair, String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        return Err(format!(
+            "`{name}` is not a key name (letters, digits, `-`, `_`)"
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    generated(&dir.join(format!("{name}.key")))
+}
+
 /// The key in a generated key file, created (32 random bytes, owner-only) on first use.
 pub fn generated(path: &Path) -> Result<Keypair, String> {
     let secret = match std::fs::read(path) {

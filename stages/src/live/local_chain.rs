@@ -97,15 +97,7 @@ impl LocalChain {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| format!("{} is unreadable", genesis.display()))?;
-        if !key_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        {
-            return Err(format!(
-                "`{key_name}` is not a key name (letters, digits, `-`, `_`)"
-            ));
-        }
-        let key = super::keys::generated(&keys.join(format!("{key_name}.key")))?;
+        let key = super::keys::generated_in(&keys, key_name)?;
         let hotkey = super::keys::public_hex(&key);
         Ok(Self {
             dir,

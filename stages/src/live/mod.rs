@@ -124,8 +124,9 @@ pub async fn connect(
             .map_err(|e| format!("resources.http: {e}"))?;
         live = live.with_system("http", Arc::new(system));
     }
-    if let Some(key) = signing_key(pipeline, env)? {
-        live = live.with_system("keys", Arc::new(signer::Signer::new(key)));
+    let signing = signing_key(pipeline, env)?;
+    if let Some(key) = &signing {
+        live = live.with_system("keys", Arc::new(signer::Signer::new(key.clone())));
     }
     if let Some(chain) = &resources.chain {
         let url = text(&chain.url, "chain.url")?;
@@ -143,13 +144,7 @@ pub async fn connect(
                 .map_err(|e| format!("resources.chain: {e}"))?;
             live = live.with_system("chain", Arc::new(ledger));
         } else if url.starts_with("ws://") || url.starts_with("wss://") {
-            let key = match resources.keys.as_ref().map(|k| &k.signing) {
-                Some(KeySource::Env(name)) => keys::from_env(name, env),
-                Some(KeySource::File(path)) => keys::from_wallet_file(path, env),
-                Some(KeySource::Generated(_)) => Err("a generated key signs only on the embedded ledger; a subtensor node needs `signing: { env: NAME }` or `signing: { file: HOTKEY_FILE }`".into()),
-                None => Err("a subtensor node needs a signing key: `resources.keys.signing: { env: NAME }` (a mnemonic or seed) or `{ file: ~/.bittensor/wallets/W/hotkeys/H }`".into()),
-            }
-            .map_err(|e| format!("resources.keys: {e}"))?;
+            let key = signing.ok_or("resources.keys: a subtensor node needs a signing key: `resources.keys.signing: { env: NAME }` (a mnemonic or seed) or `{ file: ~/.bittensor/wallets/W/hotkeys/H }`")?;
             let metadata = match &chain.metadata {
                 Some(path) => {
                     let path = text(path, "chain.metadata")?;
@@ -191,33 +186,27 @@ fn signing_key(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<subxt_signer::sr25519::Keypair>, String> {
     let resources = &pipeline.spec.resources;
-    let ledger = resources
+    let chain_url = resources
         .chain
         .as_ref()
-        .and_then(|c| resolve::<String>(pipeline, &c.url, env).ok())
+        .and_then(|c| resolve::<String>(pipeline, &c.url, env).ok());
+    let ledger = chain_url
+        .as_deref()
         .and_then(|url| url.strip_prefix("local://").map(PathBuf::from));
-    let generated = |name: &str| {
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        {
-            return Err(format!(
-                "`{name}` is not a key name (letters, digits, `-`, `_`)"
-            ));
-        }
-        let dir = ledger
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".gradline"))
-            .join("keys");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        keys::generated(&dir.join(format!("{name}.key")))
-    };
+    let subtensor = chain_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("ws://") || url.starts_with("wss://"));
+    let local = ledger.is_some();
+    let keys_dir = ledger
+        .unwrap_or_else(|| PathBuf::from(".gradline"))
+        .join("keys");
+    let generated = |name: &str| keys::generated_in(&keys_dir, name);
     let key = match resources.keys.as_ref().map(|k| &k.signing) {
         Some(KeySource::Env(name)) => keys::from_env(name, env),
         Some(KeySource::File(path)) => keys::from_wallet_file(path, env),
+        Some(KeySource::Generated(_)) if subtensor => Err("a generated key signs only on the embedded ledger; a subtensor node needs `signing: { env: NAME }` or `signing: { file: HOTKEY_FILE }`".into()),
         Some(KeySource::Generated(name)) => generated(name),
-        None if ledger.is_some() => generated(&pipeline.spec.role.value.to_string()),
+        None if local => generated(&pipeline.spec.role.value.to_string()),
         None => return Ok(None),
     };
     key.map(Some).map_err(|e| format!("resources.keys: {e}"))
