@@ -29,6 +29,7 @@ fn measure(name: &str, config: GptConfig, batch: usize, steps: u32) {
         warmup: 0,
         grad_clip: 1.0,
         weight_decay: 0.1,
+        only: None,
     };
     let warm = train(model, batch_tensor.clone(), &options(2), |_, _| {});
     let started = Instant::now();

@@ -50,15 +50,9 @@ pub fn register(registry: &mut Registry) {
             "receipt",
             "A miner's signed receipt of the work it produced for a job.",
         ),
-        TypeDef::record(
+        TypeDef::artifact(
             "job",
-            "An orchestrator-signed job: fragment, token shard, checkpoint revision, deadline.",
-            vec![
-                ("uid", Type::Int),
-                ("fragment", Type::Int),
-                ("shard", Type::Text),
-                ("deadline", Type::Int),
-            ],
+            "An orchestrator-signed job (JSON): fragment, token shard, checkpoint, deadline.",
         ),
         TypeDef::artifact("weights", "u16 weights per uid, as set on chain."),
         TypeDef::record(

@@ -1,16 +1,24 @@
 //! `assign`: the orchestrator's job board — each miner gets a fragment and a token shard for
 //! this window, in a job signed by the orchestrator and published to the store.
 
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
+use gradline_engine::expr::Val;
 use gradline_engine::plan::{Effect, PlanContext};
 use gradline_engine::registry::{CheckContext, Input, Port, StageKind};
+use gradline_engine::runtime::{Outputs, StageError};
+use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::artifacts::{CHECKPOINT, FRAGMENT, JOB, MINER};
-use crate::require_resource;
+use crate::data::{INDEX_FILE, ShardIndex, assign};
+use crate::signed::{self, Job};
+use crate::{chain, require_resource, store};
 
 /// Assign fragments and token shards to miners as signed jobs.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -31,6 +39,12 @@ pub struct Assign {
     /// Blocks a miner has to deliver.
     #[serde(default = "default_deadline")]
     pub deadline_blocks: Value<u32>,
+    /// Tokens per job (a miner trains on `batch × context + 1` of them).
+    #[serde(default = "default_tokens")]
+    pub tokens: Value<u64>,
+    /// The hub revision the checkpoint was published at, written into each job.
+    #[serde(default)]
+    pub revision: Option<Value<String>>,
 }
 
 fn default_data() -> Value<String> {
@@ -41,6 +55,9 @@ fn default_jobs() -> Value<String> {
 }
 fn default_deadline() -> Value<u32> {
     Value::Lit(10)
+}
+fn default_tokens() -> Value<u64> {
+    Value::Lit(4097)
 }
 
 impl StageKind for Assign {
@@ -74,6 +91,13 @@ impl StageKind for Assign {
         )
         .into_iter()
         .collect();
+        out.extend(require_resource(
+            cx.resources.chain.is_some(),
+            "chain",
+            "dating jobs' deadlines by block",
+            cx,
+            "deadline_blocks",
+        ));
         if cx.resources.keys.is_none() {
             out.push(
                 Diagnostic::error(
@@ -89,6 +113,7 @@ impl StageKind for Assign {
 
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
         vec![
+            Effect::read("chain", cx.chain(), "the current block (for deadlines)"),
             Effect::write(
                 "store",
                 cx.store(),
@@ -100,4 +125,121 @@ impl StageKind for Assign {
             )),
         ]
     }
+
+    fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
+        Box::pin(self.assign(cx))
+    }
+}
+
+/// A fragment record as `merge`'s `split` emits it.
+struct FragmentRecord {
+    index: u32,
+    tensors: Vec<String>,
+}
+
+impl Assign {
+    /// Writes one signed job per miner: miners in uid order take the fragments in turn,
+    /// shifted by one each window so every fragment is trained; each job's tokens are drawn
+    /// from the shards by (uid, window).
+    async fn assign(&self, cx: &StageRun) -> Result<Outputs, StageError> {
+        let fragments = fragment_records(&cx.input(&self.fragments)?)?;
+        if fragments.is_empty() {
+            return Err(StageError::final_("no fragments to assign"));
+        }
+        let mut uids = miner_uids(&cx.input(&self.miners)?)?;
+        uids.sort_unstable();
+        uids.dedup();
+        let Val::Artifact(checkpoint) = cx.input(&self.checkpoint)? else {
+            return Err(StageError::final_("`checkpoint` is not an artifact"));
+        };
+        let revision = match &self.revision {
+            Some(r) => cx.get(r)?,
+            None => String::new(),
+        };
+        let (data, prefix) = (cx.get(&self.data)?, cx.get(&self.jobs)?);
+        let tokens = cx.get(&self.tokens)?.max(2);
+        let index: ShardIndex = serde_json::from_slice(
+            &store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?,
+        )
+        .map_err(|e| StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}")))?;
+        let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
+        let block = chain::block(&cx.effects).await?;
+        let deadline_block = block + u64::from(cx.get(&self.deadline_blocks)?);
+        let window = cx.window().max(0) as u64;
+        let mut jobs = Vec::new();
+        for (position, uid) in uids.iter().enumerate() {
+            let fragment = &fragments[(position + window as usize) % fragments.len()];
+            let at = assign("gradline.job", i64::from(*uid), window as i64, &counts, tokens)
+                .map_err(|e| StageError::final_(e.to_string()))?;
+            let job = Job {
+                window,
+                deadline_block,
+                miner_uid: *uid,
+                fragment: fragment.index,
+                tensors: fragment.tensors.clone(),
+                shard: index.shards[at.shard].name.clone(),
+                offset: at.offset,
+                tokens,
+                checkpoint: checkpoint.digest.clone(),
+                revision: revision.clone(),
+            };
+            let signed = signed::sign_with(&cx.effects, job).await?;
+            let bytes = serde_json::to_vec_pretty(&signed)
+                .map_err(|e| StageError::final_(e.to_string()))?;
+            store::put(&cx.effects, &format!("{prefix}/{window}/{uid}.json"), bytes.clone())
+                .await?;
+            jobs.push(Val::Artifact(cx.write_artifact("jobs", bytes).await?));
+            cx.progress(
+                jobs.len() as u64,
+                uids.len() as u64,
+                format!("uid {uid}: fragment {}", fragment.index),
+            );
+        }
+        Ok(BTreeMap::from([("jobs".to_owned(), Val::List(jobs))]))
+    }
+}
+
+fn fragment_records(value: &Val) -> Result<Vec<FragmentRecord>, StageError> {
+    let Val::List(items) = value else {
+        return Err(StageError::final_("`fragments` is not a list of fragments"));
+    };
+    items
+        .iter()
+        .map(|f| {
+            let index = match f.field("index") {
+                Some(Val::Int(i)) => u32::try_from(*i).ok(),
+                _ => None,
+            };
+            let tensors = match f.field("tensors") {
+                Some(Val::List(names)) => names
+                    .iter()
+                    .map(|n| match n {
+                        Val::Str(name) => Some(name.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => None,
+            };
+            match (index, tensors) {
+                (Some(index), Some(tensors)) => Ok(FragmentRecord { index, tensors }),
+                _ => Err(StageError::final_(
+                    "a fragment without an index or tensor names",
+                )),
+            }
+        })
+        .collect()
+}
+
+fn miner_uids(value: &Val) -> Result<Vec<u16>, StageError> {
+    let Val::List(items) = value else {
+        return Err(StageError::final_("`miners` is not a list of miners"));
+    };
+    items
+        .iter()
+        .map(|m| match m.field("uid") {
+            Some(Val::Int(uid)) => u16::try_from(*uid)
+                .map_err(|_| StageError::final_(format!("uid {uid} is out of range"))),
+            _ => Err(StageError::final_("a miner without a uid")),
+        })
+        .collect()
 }

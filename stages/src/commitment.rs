@@ -48,6 +48,7 @@ impl StageKind for ReadCommitment {
             Port::new("revision", REVISION, "The committed revision SHA."),
             Port::new("digest", DIGEST, "The committed digest."),
             Port::new("block", Type::Int, "The block it was committed at."),
+            Port::new("hotkey", Type::Text, "The committer's hotkey."),
         ]
     }
 
@@ -96,7 +97,7 @@ impl StageKind for ReadCommitment {
             let who = hotkey
                 .clone()
                 .unwrap_or_else(|| format!("uid {}", uid.unwrap_or(-1)));
-            let Some((_, latest)) = found else {
+            let Some((neuron, latest)) = found else {
                 return Err(StageError::retryable(format!(
                     "{who} is not registered on netuid {netuid}"
                 )));
@@ -132,6 +133,7 @@ impl StageKind for ReadCommitment {
                 ("revision".to_owned(), text(&commitment.revision)),
                 ("digest".to_owned(), text(&commitment.digest)),
                 ("block".to_owned(), Val::Int(committed.block as i64)),
+                ("hotkey".to_owned(), Val::Str(neuron.hotkey.clone())),
             ]))
         })
     }

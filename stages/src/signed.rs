@@ -94,9 +94,17 @@ pub struct Job {
     pub deadline_block: u64,
     pub miner_uid: u16,
     pub fragment: u32,
+    /// The fragment's tensors, by name: the only ones the miner may change.
+    pub tensors: Vec<String>,
+    /// The token shard (its name in the shard index) and where in it the batch starts.
     pub shard: String,
-    /// The checkpoint revision the work starts from.
+    pub offset: u64,
+    /// How many tokens from `offset` the job covers.
+    pub tokens: u64,
+    /// The digest of the checkpoint the work starts from.
     pub checkpoint: String,
+    /// The hub revision that checkpoint was published at (empty when it came from a store).
+    pub revision: String,
 }
 
 impl Statement for Job {
@@ -233,6 +241,19 @@ pub async fn sign_with<T: Statement>(effects: &Effects, body: T) -> Result<Signe
     Ok(signed)
 }
 
+/// A hotkey as statements name signers (`0x` hex public key), from the hex the ledger uses
+/// or the SS58 address subtensor uses.
+pub fn signer_of_hotkey(hotkey: &str) -> Option<String> {
+    let text = hotkey.trim();
+    if let Some(bytes) = crate::hex::decode(text)
+        && bytes.len() == 32
+    {
+        return Some(crate::hex::encode_0x(&bytes));
+    }
+    let account: subxt::utils::AccountId32 = text.parse().ok()?;
+    Some(crate::hex::encode_0x(&account.0))
+}
+
 /// The `0x` hex public key of a keypair, as statements name their signers.
 pub fn signer_of(key: &Keypair) -> String {
     crate::hex::encode_0x(&key.public_key().0)
@@ -262,8 +283,12 @@ mod tests {
             deadline_block: 100,
             miner_uid: 4,
             fragment: 7,
+            tensors: vec!["h.0.mlp.c_fc.weight".into()],
             shard: "shard-0003".into(),
-            checkpoint: "ab".repeat(20),
+            offset: 128,
+            tokens: 513,
+            checkpoint: "ab".repeat(32),
+            revision: "cd".repeat(20),
         }
     }
 
@@ -378,6 +403,16 @@ mod tests {
             check_receipt(&replayed, &me, &signed, &boss, 10, 60),
             Err(Rejection::OtherWindow { .. })
         ));
+    }
+
+    #[test]
+    fn hotkeys_in_hex_or_ss58_name_the_same_signer() {
+        let miner = key(2);
+        let hex = crate::hex::encode(&miner.public_key().0);
+        let ss58 = miner.public_key().to_account_id().to_string();
+        assert_eq!(signer_of_hotkey(&hex), Some(signer_of(&miner)));
+        assert_eq!(signer_of_hotkey(&ss58), Some(signer_of(&miner)));
+        assert_eq!(signer_of_hotkey("not a key"), None);
     }
 
     #[test]

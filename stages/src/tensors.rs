@@ -42,6 +42,28 @@ pub enum TensorError {
 }
 
 impl TensorSet {
+    /// The tensors whose names pass `keep`, in this set's order.
+    pub fn select(&self, keep: impl Fn(&str) -> bool) -> Self {
+        let mut out = Self {
+            layout: Layout {
+                tensors: Vec::new(),
+            },
+            shapes: Vec::new(),
+            values: Vec::new(),
+        };
+        let mut at = 0usize;
+        for ((name, numel), shape) in self.layout.tensors.iter().zip(&self.shapes) {
+            let range = at..at + *numel as usize;
+            at = range.end;
+            if keep(name) {
+                out.layout.tensors.push((name.clone(), *numel));
+                out.shapes.push(shape.clone());
+                out.values.extend_from_slice(&self.values[range]);
+            }
+        }
+        out
+    }
+
     /// One flat tensor.
     pub fn flat(values: Vec<f32>) -> Self {
         Self {

@@ -1,7 +1,7 @@
 //! `train`: load a checkpoint, run inner steps on the batch assigned to this miner for this
 //! window, and emit the pseudo-gradient (θ_start − θ_end) with the losses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
@@ -21,8 +21,9 @@ use crate::data::{INDEX_FILE, ShardIndex, assign, read_shard};
 use crate::model::checkpoint;
 use crate::model::train::{TrainOptions, train};
 use crate::model::{Cpu, GptConfig};
-use crate::require_resource;
-use crate::store;
+use crate::signed::{self, Job, Receipt, Signed};
+use crate::{chain, require_resource, store};
+use gradline_engine::runtime::ArtifactRef;
 use crate::tensors::TensorSet;
 
 /// Train on the assigned batch and emit the pseudo-gradient.
@@ -63,6 +64,9 @@ pub struct Train {
     pub data: Value<String>,
     /// Whose batch: the batch is a pure function of blake3(seed, uid, window).
     pub uid: Value<i64>,
+    /// With `job:`, the orchestrator's hotkey (hex or SS58): only jobs it signed are taken.
+    #[serde(default)]
+    pub orchestrator: Option<Value<String>>,
     /// The seed mixed into the batch assignment.
     #[serde(default = "default_seed")]
     pub seed: Value<String>,
@@ -196,6 +200,16 @@ impl StageKind for Train {
             ),
             _ => {}
         }
+        if self.job.is_some() && self.orchestrator.is_none() {
+            out.push(
+                Diagnostic::error(
+                    "missing-setting",
+                    "`job:` needs `orchestrator:`, the hotkey whose signed jobs are taken",
+                )
+                .at(cx.span_of("job"))
+                .hint("e.g. `orchestrator: \"${{ stages.released.outputs.hotkey }}\"`"),
+            );
+        }
         if let Value::Lit(0) = self.steps {
             out.push(
                 Diagnostic::error("invalid-value", "`steps` must be at least 1")
@@ -258,31 +272,163 @@ impl Train {
     }
 
     async fn train(&self, cx: &StageRun) -> Result<Outputs, StageError> {
-        if self.job.is_some() {
-            return Err(StageError::final_(
-                "training a fragment job is not supported yet (fragment training lands with verify and merge)",
-            ));
-        }
         let config = self.model_config()?;
+        let batch = cx.get(&self.batch)?.max(1) as usize;
+        let (uid, seed, data) = (cx.get(&self.uid)?, cx.get(&self.seed)?, cx.get(&self.data)?);
+        let Val::Artifact(checkpoint) = cx.input(&self.checkpoint)? else {
+            return Err(StageError::final_("`checkpoint` is not an artifact"));
+        };
+        let weights = cx.read_artifact(&checkpoint).await?;
+        let span = (batch * config.context + 1) as u64;
+        if let Some(job) = &self.job {
+            let job = self.accepted_job(cx, job, &checkpoint, uid).await?;
+            let index = shard_index(cx, &data, config.vocab).await?;
+            if span > job.body.tokens {
+                return Err(StageError::final_(format!(
+                    "the job covers {} tokens, but `batch` {batch} × context {} needs {span}: lower `batch`",
+                    job.body.tokens, config.context
+                )));
+            }
+            let assigned =
+                shard_tokens(cx, &data, &index, &job.body.shard, job.body.offset, span).await?;
+            let only = job.body.tensors.iter().cloned().collect();
+            let trained = self
+                .run_training(cx, weights, config, assigned.tokens, batch, Some(only))
+                .await?;
+            return self.job_outputs(cx, &job, trained).await;
+        }
+        let assigned =
+            assigned_tokens(cx, &data, config.vocab, &seed, uid, cx.window(), span).await?;
+        let trained = self
+            .run_training(cx, weights, config, assigned.tokens, batch, None)
+            .await?;
+        let gradient_bytes = trained
+            .gradient
+            .to_safetensors("gradient")
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let gradient = cx.write_artifact("gradient", gradient_bytes).await?;
+        let receipt = serde_json::json!({
+            "format": "gradline.receipt/v0-unsigned",
+            "uid": uid,
+            "window": cx.window(),
+            "checkpoint": checkpoint.digest,
+            "gradient": gradient.digest,
+            "shard": assigned.shard,
+            "offset": assigned.offset,
+            "loss_before": trained.loss_before,
+            "loss_after": trained.loss_after,
+        });
+        let receipt = cx
+            .write_artifact("receipt", receipt.to_string().into_bytes())
+            .await?;
+        let mut out = trained.outputs();
+        out.insert("gradient".to_owned(), Val::Artifact(gradient));
+        out.insert("receipt".to_owned(), Val::Artifact(receipt));
+        Ok(out)
+    }
+
+    /// The job, when it is signed by the orchestrator, for this window and this miner, not
+    /// past its deadline, and starts from the checkpoint at hand; otherwise why not.
+    async fn accepted_job(
+        &self,
+        cx: &StageRun,
+        job: &Input,
+        checkpoint: &ArtifactRef,
+        uid: i64,
+    ) -> Result<Signed<Job>, StageError> {
+        let Val::Artifact(artifact) = cx.input(job)? else {
+            return Err(StageError::final_("`job` is not an artifact"));
+        };
+        let job: Signed<Job> = serde_json::from_slice(&cx.read_artifact(&artifact).await?)
+            .map_err(|e| StageError::final_(format!("the job is not a signed job: {e}")))?;
+        let orchestrator = match &self.orchestrator {
+            Some(hotkey) => cx.get(hotkey)?,
+            None => return Err(StageError::final_("`job:` needs `orchestrator:`")),
+        };
+        let signer = signed::signer_of_hotkey(&orchestrator).ok_or_else(|| {
+            StageError::final_(format!(
+                "`orchestrator` is not a hotkey (hex or SS58): `{orchestrator}`"
+            ))
+        })?;
+        let block = chain::block(&cx.effects).await?;
+        let refused = |why: String| StageError::final_(format!("refusing the job: {why}"));
+        let body = signed::check_job(&job, &signer, cx.window().max(0) as u64, block)
+            .map_err(|e| refused(e.to_string()))?;
+        if i64::from(body.miner_uid) != uid {
+            return Err(refused(format!(
+                "it is for uid {}, and this miner is uid {uid}",
+                body.miner_uid
+            )));
+        }
+        if body.checkpoint != checkpoint.digest {
+            return Err(refused(format!(
+                "it starts from checkpoint {}, not from the one downloaded ({})",
+                body.checkpoint, checkpoint.digest
+            )));
+        }
+        Ok(job)
+    }
+
+    /// A job's outputs: the fragment's trained state and a receipt for it, signed.
+    async fn job_outputs(
+        &self,
+        cx: &StageRun,
+        job: &Signed<Job>,
+        trained: Trained,
+    ) -> Result<Outputs, StageError> {
+        let state = trained
+            .state
+            .as_ref()
+            .ok_or_else(|| StageError::final_("training gave no fragment state"))?
+            .to_safetensors("fragment-state")
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let bytes = state.len() as u64;
+        let state = cx.write_artifact("fragment-state", state).await?;
+        let receipt = Receipt {
+            window: job.body.window,
+            job: job.digest(),
+            miner_uid: job.body.miner_uid,
+            produced: state.digest.clone(),
+            bytes,
+        };
+        let receipt = signed::sign_with(&cx.effects, receipt).await?;
+        let receipt = serde_json::to_vec_pretty(&receipt)
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let gradient = trained
+            .gradient
+            .to_safetensors("gradient")
+            .map_err(|e| StageError::final_(e.to_string()))?;
+        let mut out = trained.outputs();
+        out.insert(
+            "gradient".to_owned(),
+            Val::Artifact(cx.write_artifact("gradient", gradient).await?),
+        );
+        out.insert("state".to_owned(), Val::Artifact(state));
+        out.insert(
+            "receipt".to_owned(),
+            Val::Artifact(cx.write_artifact("receipt", receipt).await?),
+        );
+        Ok(out)
+    }
+
+    /// Trains on `tokens` on the stage's device, showing each step.
+    async fn run_training(
+        &self,
+        cx: &StageRun,
+        weights: Vec<u8>,
+        config: GptConfig,
+        tokens: Vec<u32>,
+        batch: usize,
+        only: Option<BTreeSet<String>>,
+    ) -> Result<Trained, StageError> {
         let options = TrainOptions {
             steps: cx.get(&self.steps)?.max(1),
             lr: cx.get(&self.lr)?,
             warmup: cx.get(&self.warmup)?,
             grad_clip: cx.get(&self.grad_clip)? as f32,
             weight_decay: cx.get(&self.weight_decay)? as f32,
+            only,
         };
-        let batch = cx.get(&self.batch)?.max(1) as usize;
-        let (uid, seed, data) = (cx.get(&self.uid)?, cx.get(&self.seed)?, cx.get(&self.data)?);
-
-        let Val::Artifact(checkpoint) = cx.input(&self.checkpoint)? else {
-            return Err(StageError::final_("`checkpoint` is not an artifact"));
-        };
-        let weights = cx.read_artifact(&checkpoint).await?;
-        let span = (batch * config.context + 1) as u64;
-        let assigned =
-            assigned_tokens(cx, &data, config.vocab, &seed, uid, cx.window(), span).await?;
-        let (shard, window) = (assigned.shard, assigned.tokens);
-
         let total_steps = options.steps;
         let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, f32)>();
         let device = cx.stage_device();
@@ -291,7 +437,7 @@ impl Train {
             let job = TrainJob {
                 weights: &weights,
                 config,
-                window: &window,
+                window: &tokens,
                 batch,
                 options: &options,
             };
@@ -306,40 +452,11 @@ impl Train {
                 format!("step {step}/{total_steps}, loss {loss:.3}"),
             );
         }
-        let outcome = work
+        let mut trained = work
             .await
             .map_err(|e| StageError::final_(format!("training: {e}")))??;
-        let (loss_before, loss_after, tokens, gradient) = outcome;
-        let seconds = started.elapsed().as_secs_f64();
-        let gradient_bytes = gradient
-            .to_safetensors("gradient")
-            .map_err(|e| StageError::final_(e.to_string()))?;
-        let gradient = cx.write_artifact("gradient", gradient_bytes).await?;
-        let receipt = serde_json::json!({
-            "format": "gradline.receipt/v0-unsigned",
-            "uid": uid,
-            "window": cx.window(),
-            "checkpoint": checkpoint.digest,
-            "gradient": gradient.digest,
-            "shard": shard,
-            "offset": assigned.offset,
-            "loss_before": loss_before,
-            "loss_after": loss_after,
-        });
-        let receipt = cx
-            .write_artifact("receipt", receipt.to_string().into_bytes())
-            .await?;
-        Ok(BTreeMap::from([
-            ("gradient".to_owned(), Val::Artifact(gradient)),
-            ("loss_before".to_owned(), Val::Float(loss_before as f64)),
-            ("loss_after".to_owned(), Val::Float(loss_after as f64)),
-            ("tokens".to_owned(), Val::Int(tokens as i64)),
-            (
-                "tokens_per_second".to_owned(),
-                Val::Float(tokens as f64 / seconds.max(1e-9)),
-            ),
-            ("receipt".to_owned(), Val::Artifact(receipt)),
-        ]))
+        trained.seconds = started.elapsed().as_secs_f64();
+        Ok(trained)
     }
 }
 
@@ -381,6 +498,20 @@ pub(crate) async fn assigned_tokens(
     window: i64,
     span: u64,
 ) -> Result<Assigned, StageError> {
+    let index = shard_index(cx, data, vocab).await?;
+    let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
+    let at =
+        assign(seed, uid, window, &counts, span).map_err(|e| StageError::final_(e.to_string()))?;
+    let shard = &index.shards[at.shard].name;
+    shard_tokens(cx, data, &index, shard, at.offset, span).await
+}
+
+/// The shard index under `data`, refused when its vocabulary does not fit the model.
+pub(crate) async fn shard_index(
+    cx: &StageRun,
+    data: &str,
+    vocab: usize,
+) -> Result<ShardIndex, StageError> {
     let index: ShardIndex =
         serde_json::from_slice(&store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?)
             .map_err(|e| {
@@ -392,37 +523,76 @@ pub(crate) async fn assigned_tokens(
             index.vocab_size, vocab
         )));
     }
-    let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
-    let at =
-        assign(seed, uid, window, &counts, span).map_err(|e| StageError::final_(e.to_string()))?;
-    let shard = &index.shards[at.shard];
-    let bytes = store::get(&cx.effects, &format!("{data}/{}", shard.name)).await?;
-    if blake3::hash(&bytes).to_hex().as_str() != shard.digest {
+    Ok(index)
+}
+
+/// `span` tokens of the shard named `shard` from `offset`, the shard checked against its
+/// digest in the index.
+pub(crate) async fn shard_tokens(
+    cx: &StageRun,
+    data: &str,
+    index: &ShardIndex,
+    shard: &str,
+    offset: u64,
+    span: u64,
+) -> Result<Assigned, StageError> {
+    let info = index
+        .shards
+        .iter()
+        .find(|s| s.name == shard)
+        .ok_or_else(|| StageError::final_(format!("shard {shard} is not in {data}/{INDEX_FILE}")))?;
+    let bytes = store::get(&cx.effects, &format!("{data}/{shard}")).await?;
+    if blake3::hash(&bytes).to_hex().as_str() != info.digest {
         return Err(StageError::retryable(format!(
-            "shard {} does not match its digest in the index",
-            shard.name
+            "shard {shard} does not match its digest in the index"
         )));
     }
     let tokens = read_shard(&bytes).map_err(|e| StageError::final_(e.to_string()))?;
-    let assigned = tokens
-        .get(at.offset as usize..(at.offset + span) as usize)
+    let end = offset.checked_add(span).unwrap_or(u64::MAX);
+    let assigned = usize::try_from(offset)
+        .ok()
+        .zip(usize::try_from(end).ok())
+        .and_then(|(from, to)| tokens.get(from..to))
         .ok_or_else(|| {
             StageError::final_(format!(
-                "shard {} is shorter than its index says",
-                shard.name
+                "shard {shard} has {} tokens; {span} from {offset} do not fit",
+                tokens.len()
             ))
         })?
         .to_vec();
-
     Ok(Assigned {
-        shard: shard.name.clone(),
-        offset: at.offset,
+        shard: shard.to_owned(),
+        offset,
         tokens: assigned,
     })
 }
 
-/// What a training run hands back: losses, tokens, and the update.
-type Trained = (f32, f32, u64, TensorSet);
+/// What a training run hands back.
+struct Trained {
+    loss_before: f32,
+    loss_after: f32,
+    tokens: u64,
+    seconds: f64,
+    /// θ_start − θ_end (the raw gradient after one step).
+    gradient: TensorSet,
+    /// With `only`: those tensors' values after training.
+    state: Option<TensorSet>,
+}
+
+impl Trained {
+    /// The numbers every training run reports.
+    fn outputs(&self) -> Outputs {
+        BTreeMap::from([
+            ("loss_before".to_owned(), Val::Float(self.loss_before as f64)),
+            ("loss_after".to_owned(), Val::Float(self.loss_after as f64)),
+            ("tokens".to_owned(), Val::Int(self.tokens as i64)),
+            (
+                "tokens_per_second".to_owned(),
+                Val::Float(self.tokens as f64 / self.seconds.max(1e-9)),
+            ),
+        ])
+    }
+}
 
 /// One training run, independent of the backend.
 struct TrainJob<'a> {
@@ -485,10 +655,16 @@ fn train_on<B: burn::tensor::backend::AutodiffBackend>(
         .map_err(|e| StageError::final_(e.to_string()))?;
     let tensor = crate::model::eval::rows::<B>(job.window, job.batch, context, &device);
     let outcome = train(model, tensor, job.options, progress);
-    Ok((
-        outcome.loss_before,
-        outcome.loss_after,
-        outcome.tokens,
-        outcome.gradient,
-    ))
+    let state = job.options.only.as_ref().map(|only| {
+        let end = crate::model::train::parameters(&outcome.model);
+        end.select(|name| only.contains(name))
+    });
+    Ok(Trained {
+        loss_before: outcome.loss_before,
+        loss_after: outcome.loss_after,
+        tokens: outcome.tokens,
+        seconds: 0.0,
+        gradient: outcome.gradient,
+        state,
+    })
 }

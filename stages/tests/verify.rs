@@ -48,6 +48,7 @@ fn warm_checkpoint() -> Vec<u8> {
         warmup: 5,
         grad_clip: 1.0,
         weight_decay: 0.0,
+        only: None,
     };
     let trained = train(model, rows, &options, |_, _| {});
     checkpoint::save(&trained.model).unwrap().0

@@ -62,6 +62,7 @@ fn wgpu_matches_the_cpu_backend() {
         warmup: 0,
         grad_clip: 1.0,
         weight_decay: 0.1,
+        only: None,
     };
     let cpu_model: Gpt<Autodiff<Cpu>> =
         checkpoint::load(&weights, GptConfig::tiny(), &cpu).unwrap();

@@ -98,6 +98,30 @@ mod tests {
             warmup: 5,
             grad_clip: 1.0,
             weight_decay: 0.1,
+            only: None,
+        }
+    }
+
+    #[test]
+    fn a_fragment_job_changes_only_its_tensors() {
+        type B = Autodiff<Cpu>;
+        let device = Default::default();
+        let model: Gpt<B> = GptConfig::tiny().init(&device);
+        let before = train::parameters(&model);
+        let only: std::collections::BTreeSet<String> =
+            ["h.0.mlp.c_fc.weight".to_owned(), "ln_f.gamma".to_owned()].into();
+        let options = train::TrainOptions {
+            only: Some(only.clone()),
+            ..options(3)
+        };
+        let outcome = train::train(model, corpus_batch::<B>(4, 65, &device), &options, |_, _| {});
+        let after = train::parameters(&outcome.model);
+        let mut at = 0;
+        for (name, numel) in &before.layout.tensors {
+            let range = at..at + *numel as usize;
+            at = range.end;
+            let changed = before.values[range.clone()] != after.values[range];
+            assert_eq!(changed, only.contains(name), "{name}");
         }
     }
 

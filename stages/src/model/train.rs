@@ -2,6 +2,8 @@
 //! returning the pseudo-gradient θ_start − θ_end (the raw gradient when steps = 1) as a
 //! tensor set in the parameter contract's order.
 
+use std::collections::BTreeSet;
+
 use burn::module::AutodiffModule;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
@@ -28,6 +30,8 @@ pub struct TrainOptions {
     /// Clip each parameter's gradient to this norm (burn clips per tensor); 0 turns it off.
     pub grad_clip: f32,
     pub weight_decay: f32,
+    /// Train only these tensors (a fragment job); the others keep their values.
+    pub only: Option<BTreeSet<String>>,
 }
 
 impl TrainOptions {
@@ -101,7 +105,10 @@ pub fn train<B: AutodiffBackend>(
     for step in 0..options.steps.max(1) {
         let loss = model.loss(batch.clone());
         let value: f32 = loss.clone().into_scalar().to_f32_lossy();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        if let Some(only) = &options.only {
+            keep_only(&model, &mut grads, only);
+        }
         if options.steps <= 1 {
             raw_gradient = Some(gradient_set(&model, &grads, &start));
         }
@@ -129,6 +136,24 @@ pub fn train<B: AutodiffBackend>(
         loss_after,
         tokens: (rows * (cols - 1)) as u64 * options.steps.max(1) as u64,
         gradient,
+    }
+}
+
+/// Drops the gradients of every tensor not named in `only`, so the optimizer (weight decay
+/// included) leaves those tensors as they are.
+fn keep_only<B: AutodiffBackend>(model: &Gpt<B>, grads: &mut GradientsParams, only: &BTreeSet<String>) {
+    for snapshot in model.collect(None, None, false) {
+        if only.contains(&snapshot.full_path()) {
+            continue;
+        }
+        if let Some(id) = snapshot.tensor_id {
+            match snapshot.shape.as_slice().len() {
+                1 => drop(grads.remove::<B::InnerBackend, 1>(id)),
+                2 => drop(grads.remove::<B::InnerBackend, 2>(id)),
+                3 => drop(grads.remove::<B::InnerBackend, 3>(id)),
+                _ => {}
+            }
+        }
     }
 }
 

@@ -98,7 +98,7 @@ pub(crate) fn normalize(digest: &str) -> String {
         .to_ascii_lowercase()
 }
 
-fn pass(name: &str) -> Check {
+pub(crate) fn pass(name: &str) -> Check {
     Check {
         name: name.to_owned(),
         passed: true,
@@ -106,7 +106,7 @@ fn pass(name: &str) -> Check {
     }
 }
 
-fn fail(name: &str, reason: impl Into<String>) -> Check {
+pub(crate) fn fail(name: &str, reason: impl Into<String>) -> Check {
     Check {
         name: name.to_owned(),
         passed: false,

@@ -2,6 +2,7 @@
 //! timing), loss-delta scoring of gradients, model pre-checks and KL scoring for the
 //! distillation contest. Emits verdicts (every rejection with its reason) and scores.
 
+pub mod fragment;
 pub mod integrity;
 pub mod loss_delta;
 
@@ -20,10 +21,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{
-    CHECKPOINT, COMPRESSED, FRAGMENT_STATE, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
+    CHECKPOINT, COMPRESSED, FRAGMENT_STATE, JOB, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
 };
 use crate::codec::{self, Limits, Sparse};
-use crate::signed::{self, Check, Verdict};
+use crate::signed::{self, Check, Job, Receipt, Signed, Verdict};
 use crate::tensors::TensorSet;
 use crate::train::{ModelPreset, ModelShape, assigned_tokens, model_config};
 use gradline_engine::runtime::ArtifactRef;
@@ -49,6 +50,12 @@ pub struct Verify {
     /// The miners' signed receipts (integrity, fragment training).
     #[serde(default)]
     pub receipts: Option<Input>,
+    /// The orchestrator's signed jobs of this window (integrity, fragment training).
+    #[serde(default)]
+    pub jobs: Option<Input>,
+    /// The orchestrator's hotkey (hex or SS58): only jobs it signed count (fragment training).
+    #[serde(default)]
+    pub orchestrator: Option<Value<String>>,
     /// The committed student models (model-precheck, kl).
     #[serde(default)]
     pub models: Option<Input>,
@@ -143,7 +150,7 @@ fn default_assign_seed() -> Value<String> {
 impl Verify {
     fn required_inputs(&self) -> &'static [&'static str] {
         match self.mode {
-            Mode::Integrity if self.states.is_some() => &["states", "miners"],
+            Mode::Integrity if self.states.is_some() => &["states", "miners", "receipts", "jobs"],
             Mode::Integrity => &["gradients", "miners"],
             Mode::LossDelta => &["gradients", "miners", "checkpoint"],
             Mode::ModelPrecheck => &["models", "miners"],
@@ -158,6 +165,7 @@ impl Verify {
             "checkpoint" => self.checkpoint.is_some(),
             "states" => self.states.is_some(),
             "receipts" => self.receipts.is_some(),
+            "jobs" => self.jobs.is_some(),
             "models" => self.models.is_some(),
             "teacher" => self.teacher.is_some(),
             _ => false,
@@ -185,6 +193,7 @@ impl StageKind for Verify {
             ),
             Port::new("checkpoint", CHECKPOINT, "The current checkpoint."),
             Port::new("receipts", Type::list(RECEIPT), "Their signed receipts."),
+            Port::new("jobs", Type::list(JOB), "The orchestrator's signed jobs."),
             Port::new("models", Type::list(MODEL), "Their committed models."),
             Port::new("teacher", MODEL, "The teacher model."),
         ]
@@ -246,6 +255,16 @@ impl StageKind for Verify {
                 .hint("e.g. `keys: { signing: { env: VALIDATOR_KEY } }`"),
             );
         }
+        if self.mode == Mode::Integrity && self.states.is_some() && self.orchestrator.is_none() {
+            out.push(
+                Diagnostic::error(
+                    "missing-setting",
+                    "checking fragment states needs `orchestrator:`, the hotkey that signs jobs",
+                )
+                .at(cx.span_of("states"))
+                .hint("e.g. `orchestrator: \"${{ stages.released.outputs.hotkey }}\"`"),
+            );
+        }
         if self.mode == Mode::ModelPrecheck && self.max_params.is_none() {
             out.push(
                 Diagnostic::error(
@@ -271,6 +290,10 @@ impl StageKind for Verify {
 
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
         let what = match self.mode {
+            Mode::Integrity if self.states.is_some() => {
+                "check signed jobs and receipts; each state against its job and the checkpoint"
+                    .to_owned()
+            }
             Mode::Integrity => "check digests, signatures, bounds and timing".to_owned(),
             Mode::LossDelta => format!(
                 "apply each gradient at factor {}; loss on assigned and random batches",
@@ -304,6 +327,13 @@ impl StageKind for Verify {
                 "each model at its committed revision (headers, config)",
             ));
         }
+        if self.mode == Mode::Integrity && self.states.is_some() {
+            effects.push(Effect::read(
+                "chain",
+                cx.chain(),
+                "the current block (job deadlines)",
+            ));
+        }
         if matches!(self.mode, Mode::Kl | Mode::ModelPrecheck) {
             effects.push(Effect::read(
                 "chain",
@@ -317,7 +347,8 @@ impl StageKind for Verify {
     fn run<'a>(&'a self, cx: &'a StageRun) -> BoxFuture<'a, Result<Outputs, StageError>> {
         Box::pin(async move {
             match self.mode {
-                Mode::Integrity if self.states.is_none() => self.integrity(cx).await,
+                Mode::Integrity if self.states.is_some() => self.fragments(cx).await,
+                Mode::Integrity => self.integrity(cx).await,
                 Mode::LossDelta => self.loss_delta(cx).await,
                 mode => Err(StageError::final_(format!(
                     "`mode: {}` cannot run yet in this version of gradline",
@@ -423,7 +454,7 @@ impl Verify {
                 (checks, score)
             })
             .collect();
-        emit(cx, &round, judged).await
+        emit(cx, round.judged(judged)).await
     }
 
     /// Integrity, then each passing update applied at `factor` and scored by its loss
@@ -527,32 +558,172 @@ impl Verify {
             checks.extend(more);
             judged.push((checks, score));
         }
-        emit(cx, &round, judged).await
+        emit(cx, round.judged(judged)).await
+    }
+}
+
+impl Verify {
+    /// Fragment work (see [`fragment`]): each miner's job, receipt and state; a score of 1
+    /// for work that passes every check, 0 otherwise.
+    async fn fragments(&self, cx: &StageRun) -> Result<Outputs, StageError> {
+        let miners = match &self.miners {
+            Some(miners) => cx.input(miners)?,
+            None => return Err(StageError::final_("`miners:` is missing")),
+        };
+        let orchestrator = match &self.orchestrator {
+            Some(hotkey) => cx.get(hotkey)?,
+            None => return Err(StageError::final_("`orchestrator:` is missing")),
+        };
+        let orchestrator = signed::signer_of_hotkey(&orchestrator).ok_or_else(|| {
+            StageError::final_(format!(
+                "`orchestrator` is not a hotkey (hex or SS58): `{orchestrator}`"
+            ))
+        })?;
+        let jobs: Vec<Signed<Job>> = statements(cx, self.jobs.as_ref(), "job").await?;
+        let receipts: Vec<Signed<Receipt>> =
+            statements(cx, self.receipts.as_ref(), "receipt").await?;
+        let mut states = Vec::new();
+        let mut refs = Vec::new();
+        if let Some(input) = &self.states {
+            for state in cx.input(input)?.artifacts() {
+                states.push((state.digest.clone(), cx.read_artifact(state).await?));
+                refs.push(state.clone());
+            }
+        }
+        let shapes = match &self.checkpoint {
+            Some(checkpoint) => match cx.input(checkpoint)? {
+                Val::Artifact(a) => {
+                    let base = TensorSet::from_safetensors(&cx.read_artifact(&a).await?)
+                        .map_err(|e| StageError::final_(format!("the checkpoint: {e}")))?;
+                    Some(
+                        base.layout
+                            .tensors
+                            .iter()
+                            .map(|(name, _)| name.clone())
+                            .zip(base.shapes)
+                            .collect::<BTreeMap<_, _>>(),
+                    )
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let context = fragment::Context {
+            orchestrator: &orchestrator,
+            window: cx.window().max(0) as u64,
+            block: crate::chain::block(&cx.effects).await?,
+            shapes: shapes.as_ref(),
+            jobs: &jobs,
+            receipts: &receipts,
+            states: &states,
+        };
+        let mut judged = Vec::new();
+        for (uid, hotkey) in uids_and_hotkeys(&miners)? {
+            let (checks, state) = fragment::check(uid, &hotkey, &context);
+            let passed = state.is_some() && checks.iter().all(|c| c.passed);
+            judged.push(Judged {
+                uid,
+                checks,
+                score: if passed { 1.0 } else { 0.0 },
+                work: state.map(|at| refs[at].clone()),
+            });
+        }
+        emit(cx, judged).await
+    }
+}
+
+/// Signed statements from a list of downloaded artifacts; unreadable ones are skipped with
+/// a warning (their miners then fail for want of them, with a reason).
+async fn statements<T: signed::Statement>(
+    cx: &StageRun,
+    input: Option<&Input>,
+    what: &str,
+) -> Result<Vec<Signed<T>>, StageError> {
+    let Some(input) = input else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for artifact in cx.input(input)?.artifacts() {
+        match serde_json::from_slice(&cx.read_artifact(artifact).await?) {
+            Ok(statement) => out.push(statement),
+            Err(e) => {
+                tracing::warn!(stage = %cx.stage().id, "a {what} that is not a signed {what}: {e}")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `(uid, hotkey)` of each `miner` record.
+fn uids_and_hotkeys(miners: &Val) -> Result<Vec<(u16, String)>, StageError> {
+    let Val::List(items) = miners else {
+        return Err(StageError::final_("`miners` is not a list of miners"));
+    };
+    items
+        .iter()
+        .map(|m| {
+            let uid = match m.field("uid") {
+                Some(Val::Int(uid)) => u16::try_from(*uid).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| StageError::final_("a miner without a uid"))?;
+            let hotkey = match m.field("hotkey") {
+                Some(Val::Str(h)) => h.clone(),
+                _ => String::new(),
+            };
+            Ok((uid, hotkey))
+        })
+        .collect()
+}
+
+/// One miner's judgement: its checks, its score, and the work it is about.
+struct Judged {
+    uid: u16,
+    checks: Vec<Check>,
+    score: f64,
+    work: Option<ArtifactRef>,
+}
+
+impl Round {
+    /// Each claim's checks and score, with the blob it is about.
+    fn judged(&self, checks_and_scores: Vec<(Vec<Check>, f64)>) -> Vec<Judged> {
+        self.claims
+            .iter()
+            .zip(checks_and_scores)
+            .map(|(claim, (checks, score))| Judged {
+                uid: claim.uid,
+                checks,
+                score,
+                work: self.blob_of(claim).map(|(a, _)| a.clone()),
+            })
+            .collect()
     }
 }
 
 /// Signs a verdict per miner and writes verdicts, scores and the accepted work.
-async fn emit(
-    cx: &StageRun,
-    round: &Round,
-    judged: Vec<(Vec<Check>, f64)>,
-) -> Result<Outputs, StageError> {
+async fn emit(cx: &StageRun, judged: Vec<Judged>) -> Result<Outputs, StageError> {
     let mut verdicts = Vec::new();
     let mut accepted = Vec::new();
     let mut scores = serde_json::Map::new();
-    for (claim, (checks, score)) in round.claims.iter().zip(judged) {
+    for Judged {
+        uid,
+        checks,
+        score,
+        work,
+    } in judged
+    {
         let verdict = Verdict {
             window: cx.window().max(0) as u64,
-            miner_uid: claim.uid,
+            miner_uid: uid,
             checks,
             score,
         };
         if verdict.accepted()
-            && let Some((artifact, _)) = round.blob_of(claim)
+            && let Some(artifact) = work
         {
-            accepted.push(Val::Artifact(artifact.clone()));
+            accepted.push(Val::Artifact(artifact));
         }
-        scores.insert(claim.uid.to_string(), serde_json::json!(score));
+        scores.insert(uid.to_string(), serde_json::json!(score));
         verdicts.push(signed::sign_with(&cx.effects, verdict).await?);
     }
     let verdicts_bytes =
