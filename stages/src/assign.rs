@@ -161,7 +161,9 @@ impl Assign {
         let index: ShardIndex = serde_json::from_slice(
             &store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?,
         )
-        .map_err(|e| StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}")))?;
+        .map_err(|e| {
+            StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}"))
+        })?;
         let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
         let block = chain::block(&cx.effects).await?;
         let deadline_block = block + u64::from(cx.get(&self.deadline_blocks)?);
@@ -169,8 +171,14 @@ impl Assign {
         let mut jobs = Vec::new();
         for (position, uid) in uids.iter().enumerate() {
             let fragment = &fragments[(position + window as usize) % fragments.len()];
-            let at = assign("gradline.job", i64::from(*uid), window as i64, &counts, tokens)
-                .map_err(|e| StageError::final_(e.to_string()))?;
+            let at = assign(
+                "gradline.job",
+                i64::from(*uid),
+                window as i64,
+                &counts,
+                tokens,
+            )
+            .map_err(|e| StageError::final_(e.to_string()))?;
             let job = Job {
                 window,
                 deadline_block,
@@ -186,8 +194,12 @@ impl Assign {
             let signed = signed::sign_with(&cx.effects, job).await?;
             let bytes = serde_json::to_vec_pretty(&signed)
                 .map_err(|e| StageError::final_(e.to_string()))?;
-            store::put(&cx.effects, &format!("{prefix}/{window}/{uid}.json"), bytes.clone())
-                .await?;
+            store::put(
+                &cx.effects,
+                &format!("{prefix}/{window}/{uid}.json"),
+                bytes.clone(),
+            )
+            .await?;
             jobs.push(Val::Artifact(cx.write_artifact("jobs", bytes).await?));
             cx.progress(
                 jobs.len() as u64,

@@ -4,7 +4,7 @@
 //!
 //! | op | args | answer |
 //! |---|---|---|
-//! | `block` | — | `{"number": N}` |
+//! | `block` | — | `{"number": N, "hash": "0x…"}` |
 //! | `neurons` | [`NetArgs`] | `[Neuron]` |
 //! | `commitments` | [`NetArgs`] | `[Committed]`, the latest per hotkey |
 //! | `commit` | [`CommitArgs`] | [`Written`] (`skipped` when the value is already there) |
@@ -191,6 +191,23 @@ pub async fn block(effects: &Effects) -> Result<u64, StageError> {
     answer["number"]
         .as_u64()
         .ok_or_else(|| StageError::final_("the chain gave no block number"))
+}
+
+/// The current block's number and hash (`0x` hex): a seed nobody knows before the block.
+pub async fn block_hash(effects: &Effects) -> Result<(u64, String), StageError> {
+    let answer: serde_json::Value = call(
+        effects,
+        "block",
+        serde_json::Value::Null,
+        "reading the block",
+    )
+    .await?;
+    match (answer["number"].as_u64(), answer["hash"].as_str()) {
+        (Some(number), Some(hash)) => Ok((number, hash.to_owned())),
+        _ => Err(StageError::final_(
+            "the chain gave no block number and hash",
+        )),
+    }
 }
 
 pub async fn neurons(effects: &Effects, netuid: u16) -> Result<Vec<Neuron>, StageError> {

@@ -7,6 +7,7 @@
 //! | `get` | [`GetArgs`] | — | the file's bytes; [`Fetched`] |
 //! | `commit` | [`CommitArgs`] | the files' bytes, one after another | [`Committed`] |
 //! | `tag` | [`TagArgs`] | — | `{}` |
+//! | `header` | [`HeaderArgs`] | — | a safetensors file's JSON header (its first bytes only); [`Header`] |
 //!
 //! Requests carry no token: the live face reads it from the environment.
 
@@ -75,6 +76,57 @@ pub struct TagArgs {
     pub repo: String,
     pub tag: String,
     pub revision: String,
+}
+
+/// The largest safetensors header read (the format's own limit is 100 MB).
+pub const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeaderArgs {
+    pub repo: String,
+    pub revision: String,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// The commit SHA the revision resolved to.
+    pub revision: String,
+    /// The whole file's size.
+    pub size: u64,
+    /// The hub's content hash of the whole file (sha256 of an LFS file on the Hugging Face
+    /// Hub, blake3 on the embedded hub).
+    pub hash: String,
+}
+
+/// The JSON header of a safetensors file at a revision, without its weights.
+pub async fn header(effects: &Effects, args: HeaderArgs) -> Result<(Vec<u8>, Header), StageError> {
+    let what = format!("{}@{}/{}", args.repo, args.revision, args.path);
+    let response = effects
+        .call(Request::new("hub", "header", json!(args)))
+        .await
+        .map_err(|e| StageError::from(e).context(format!("reading the header of {what}")))?;
+    let header: Header = serde_json::from_value(response.value)
+        .map_err(|e| StageError::final_(format!("the hub's answer for {what}: {e}")))?;
+    let body = response
+        .body
+        .ok_or_else(|| StageError::final_(format!("the hub answered {what} without a body")))?;
+    Ok((body, header))
+}
+
+/// The header length a safetensors file starts with, checked against the file's size.
+pub fn header_length(prefix: &[u8], file_size: u64) -> Result<u64, String> {
+    let bytes: [u8; 8] = prefix
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("shorter than a safetensors header")?;
+    let length = u64::from_le_bytes(bytes);
+    if length > MAX_HEADER_BYTES || length.saturating_add(8) > file_size {
+        return Err(format!(
+            "not a safetensors file: a {length}-byte header in a {file_size}-byte file"
+        ));
+    }
+    Ok(length)
 }
 
 /// Fetches a file at a revision.

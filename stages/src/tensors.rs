@@ -17,6 +17,7 @@ const KIND_KEY: &str = "gradline.kind";
 pub enum StoredDtype {
     F32,
     Bf16,
+    F16,
 }
 
 /// Tensors flattened in contract order.
@@ -86,6 +87,7 @@ impl TensorSet {
         let (width, st_dtype) = match dtype {
             StoredDtype::F32 => (4, Dtype::F32),
             StoredDtype::Bf16 => (2, Dtype::BF16),
+            StoredDtype::F16 => (2, Dtype::F16),
         };
         let bytes: Vec<u8> = match dtype {
             StoredDtype::F32 => self.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -93,6 +95,11 @@ impl TensorSet {
                 .values
                 .iter()
                 .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            StoredDtype::F16 => self
+                .values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
                 .collect(),
         };
         let mut views = Vec::new();

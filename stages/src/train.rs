@@ -22,9 +22,9 @@ use crate::model::checkpoint;
 use crate::model::train::{TrainOptions, train};
 use crate::model::{Cpu, GptConfig};
 use crate::signed::{self, Job, Receipt, Signed};
+use crate::tensors::TensorSet;
 use crate::{chain, require_resource, store};
 use gradline_engine::runtime::ArtifactRef;
-use crate::tensors::TensorSet;
 
 /// Train on the assigned batch and emit the pseudo-gradient.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -392,8 +392,8 @@ impl Train {
             bytes,
         };
         let receipt = signed::sign_with(&cx.effects, receipt).await?;
-        let receipt = serde_json::to_vec_pretty(&receipt)
-            .map_err(|e| StageError::final_(e.to_string()))?;
+        let receipt =
+            serde_json::to_vec_pretty(&receipt).map_err(|e| StageError::final_(e.to_string()))?;
         let gradient = trained
             .gradient
             .to_safetensors("gradient")
@@ -540,7 +540,9 @@ pub(crate) async fn shard_tokens(
         .shards
         .iter()
         .find(|s| s.name == shard)
-        .ok_or_else(|| StageError::final_(format!("shard {shard} is not in {data}/{INDEX_FILE}")))?;
+        .ok_or_else(|| {
+            StageError::final_(format!("shard {shard} is not in {data}/{INDEX_FILE}"))
+        })?;
     let bytes = store::get(&cx.effects, &format!("{data}/{shard}")).await?;
     if blake3::hash(&bytes).to_hex().as_str() != info.digest {
         return Err(StageError::retryable(format!(
@@ -583,7 +585,10 @@ impl Trained {
     /// The numbers every training run reports.
     fn outputs(&self) -> Outputs {
         BTreeMap::from([
-            ("loss_before".to_owned(), Val::Float(self.loss_before as f64)),
+            (
+                "loss_before".to_owned(),
+                Val::Float(self.loss_before as f64),
+            ),
             ("loss_after".to_owned(), Val::Float(self.loss_after as f64)),
             ("tokens".to_owned(), Val::Int(self.tokens as i64)),
             (

@@ -144,7 +144,10 @@ impl Network {
             boss: String::new(),
             root,
         };
-        network.boss = network.ledger("orchestrator", "orchestrator").hotkey().to_owned();
+        network.boss = network
+            .ledger("orchestrator", "orchestrator")
+            .hotkey()
+            .to_owned();
         network
     }
 

@@ -10,14 +10,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use gradline_engine::effects::{CallScope, EffectError, Request, Response, Transport};
-use hf_hub::repository::{CommitOperation, RepoTreeEntry, RepoTypeModel};
+use hf_hub::repository::{CommitOperation, HFRepository, RepoTreeEntry, RepoTypeModel};
 use hf_hub::{HFClient, HFError};
 use serde_json::json;
 use sha1::Digest as _;
 
 use super::fetch::{self, FetchPolicy, Opened};
 use super::{HubFace, answer_hub};
-use crate::hub::{self, CommitArgs, Committed, Fetched, GetArgs, TagArgs};
+use crate::hub::{self, CommitArgs, Committed, Fetched, GetArgs, Header, HeaderArgs, TagArgs};
 
 /// How to reach a hub, resolved for a run. The token never leaves this struct.
 #[derive(Clone)]
@@ -88,50 +88,30 @@ impl HfHub {
 }
 
 impl HubFace for HfHub {
+    async fn header(&self, args: HeaderArgs) -> Result<Response, EffectError> {
+        let (owner, name) = hub::split_repo(&args.repo).map_err(EffectError::final_)?;
+        let repo = self.client.model(owner, name);
+        let commit = resolve_commit(&repo, &args.revision).await?;
+        let (size, hash) = file_entry(&repo, &args.repo, &args.path, &commit).await?;
+        let prefix = read_range(&repo, &args.path, &commit, 0, 8, size).await?;
+        let length = hub::header_length(&prefix, size).map_err(EffectError::final_)?;
+        let header = read_range(&repo, &args.path, &commit, 8, length, size).await?;
+        let answer = Header {
+            revision: commit,
+            size,
+            hash,
+        };
+        Ok(Response {
+            value: serde_json::json!(answer),
+            body: Some(header),
+        })
+    }
+
     async fn get(&self, args: GetArgs) -> Result<Response, EffectError> {
         let (owner, name) = hub::split_repo(&args.repo).map_err(EffectError::final_)?;
         let repo = self.client.model(owner, name);
-        let commit = match hub::is_commit_sha(&args.revision) {
-            true => args.revision.to_ascii_lowercase(),
-            false => repo
-                .info()
-                .revision(args.revision.clone())
-                .send()
-                .await
-                .map_err(hub_error)?
-                .sha
-                .filter(|sha| hub::is_commit_sha(sha))
-                .ok_or_else(|| {
-                    EffectError::final_(format!(
-                        "the hub resolved `{}` to no commit SHA",
-                        args.revision
-                    ))
-                })?,
-        };
-        let entry = repo
-            .get_paths_info()
-            .paths(vec![args.path.clone()])
-            .revision(commit.clone())
-            .send()
-            .await
-            .map_err(hub_error)?
-            .into_iter()
-            .find_map(|entry| match entry {
-                RepoTreeEntry::File {
-                    path,
-                    size,
-                    oid,
-                    lfs,
-                    ..
-                } if path == args.path => Some((size, lfs.and_then(|l| l.sha256).unwrap_or(oid))),
-                _ => None,
-            });
-        let Some((size, etag)) = entry else {
-            return Err(EffectError::final_(format!(
-                "`{}` has no file `{}` at {commit}",
-                args.repo, args.path
-            )));
-        };
+        let commit = resolve_commit(&repo, &args.revision).await?;
+        let (size, etag) = file_entry(&repo, &args.repo, &args.path, &commit).await?;
         if size > args.max_bytes {
             return Err(fetch::too_large(size, args.max_bytes));
         }
@@ -293,6 +273,90 @@ impl Transport for HfHub {
     ) -> BoxFuture<'a, Result<Response, EffectError>> {
         Box::pin(answer_hub(self, request))
     }
+}
+
+type ModelRepo = HFRepository<RepoTypeModel>;
+
+/// The commit SHA a revision (a SHA, branch or tag) names.
+async fn resolve_commit(repo: &ModelRepo, revision: &str) -> Result<String, EffectError> {
+    if hub::is_commit_sha(revision) {
+        return Ok(revision.to_ascii_lowercase());
+    }
+    repo.info()
+        .revision(revision.to_owned())
+        .send()
+        .await
+        .map_err(hub_error)?
+        .sha
+        .filter(|sha| hub::is_commit_sha(sha))
+        .ok_or_else(|| {
+            EffectError::final_(format!("the hub resolved `{revision}` to no commit SHA"))
+        })
+}
+
+/// A file's size and content hash (LFS sha256, else the git blob id) at a commit.
+async fn file_entry(
+    repo: &ModelRepo,
+    name: &str,
+    path: &str,
+    commit: &str,
+) -> Result<(u64, String), EffectError> {
+    repo.get_paths_info()
+        .paths(vec![path.to_owned()])
+        .revision(commit.to_owned())
+        .send()
+        .await
+        .map_err(hub_error)?
+        .into_iter()
+        .find_map(|entry| match entry {
+            RepoTreeEntry::File {
+                path: found,
+                size,
+                oid,
+                lfs,
+                ..
+            } if found == path => Some((size, lfs.and_then(|l| l.sha256).unwrap_or(oid))),
+            _ => None,
+        })
+        .ok_or_else(|| EffectError::final_(format!("`{name}` has no file `{path}` at {commit}")))
+}
+
+/// `length` bytes of a file from `offset`, by a ranged request (a server that sends the
+/// whole file anyway is read only as far as needed).
+async fn read_range(
+    repo: &ModelRepo,
+    path: &str,
+    commit: &str,
+    offset: u64,
+    length: u64,
+    file_size: u64,
+) -> Result<Vec<u8>, EffectError> {
+    let (sent, mut stream) = repo
+        .download_file_stream()
+        .filename(path.to_owned())
+        .revision(commit.to_owned())
+        .range(offset..offset + length)
+        .send()
+        .await
+        .map_err(hub_error)?;
+    let skip = match sent {
+        Some(sent) if offset > 0 && sent == file_size => offset as usize,
+        _ => 0,
+    };
+    let mut bytes = Vec::with_capacity(skip + length as usize);
+    while ((bytes.len() - skip.min(bytes.len())) as u64) < length {
+        match stream.next().await {
+            Some(chunk) => bytes.extend_from_slice(&chunk.map_err(hub_error)?),
+            None => break,
+        }
+    }
+    let bytes = bytes
+        .get(skip..skip + length as usize)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            EffectError::retryable(format!("`{path}` ended before byte {}", offset + length))
+        })?;
+    Ok(bytes)
 }
 
 /// The hash an ETag names, fed while the file streams in.

@@ -116,6 +116,16 @@ impl LocalChain {
         now_ms().saturating_sub(self.genesis_ms) / self.block_ms
     }
 
+    /// A block's hash on the ledger: blake3 of the genesis time and the number, so every
+    /// process sharing the ledger sees the same one.
+    pub fn block_hash(&self, number: u64) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"gradline.ledger.block");
+        hasher.update(&self.genesis_ms.to_le_bytes());
+        hasher.update(&number.to_le_bytes());
+        crate::hex::encode_0x(hasher.finalize().as_bytes())
+    }
+
     /// Every whole entry of the ledger.
     pub fn entries(&self) -> Result<Vec<Entry>, EffectError> {
         let text = match std::fs::read(self.dir.join("ledger.jsonl")) {
@@ -380,7 +390,10 @@ impl Transport for LocalChain {
             let chain = self.clone();
             tokio::task::spawn_blocking(move || {
                 let value = match request.op.as_str() {
-                    "block" => json!({ "number": chain.block() }),
+                    "block" => {
+                        let number = chain.block();
+                        json!({ "number": number, "hash": chain.block_hash(number) })
+                    }
                     "neurons" => json!(chain.neurons(args::<NetArgs>(&request)?.netuid)?),
                     "commitments" => json!(chain.commitments(args::<NetArgs>(&request)?.netuid)?),
                     "commit" => json!(chain.commit(args(&request)?)?),

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::fetch::{self, io_error};
 use super::{HubFace, answer_hub};
-use crate::hub::{self, CommitArgs, Committed, Fetched, GetArgs, TagArgs};
+use crate::hub::{self, CommitArgs, Committed, Fetched, GetArgs, Header, HeaderArgs, TagArgs};
 
 pub struct LocalHub {
     root: PathBuf,
@@ -118,6 +118,43 @@ impl LocalHub {
 }
 
 impl HubFace for LocalHub {
+    async fn header(&self, args: HeaderArgs) -> Result<Response, EffectError> {
+        use tokio::io::AsyncReadExt;
+        let dir = self.existing_repo(&args.repo)?;
+        let sha = self.resolve(&args.repo, &args.revision)?;
+        let commit = self.read_commit(&dir, &sha)?;
+        let file = commit.files.get(&args.path).ok_or_else(|| {
+            EffectError::final_(format!(
+                "`{}` has no file `{}` at {sha}",
+                args.repo, args.path
+            ))
+        })?;
+        let what = format!("reading the header of `{}`", args.path);
+        let mut object = tokio::fs::File::open(dir.join("objects").join(&file.digest))
+            .await
+            .map_err(|e| io_error(&what, &e))?;
+        let mut prefix = [0u8; 8];
+        object
+            .read_exact(&mut prefix)
+            .await
+            .map_err(|e| io_error(&what, &e))?;
+        let length = hub::header_length(&prefix, file.size).map_err(EffectError::final_)?;
+        let mut header = vec![0u8; length as usize];
+        object
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| io_error(&what, &e))?;
+        let answer = Header {
+            revision: sha,
+            size: file.size,
+            hash: file.digest.clone(),
+        };
+        Ok(Response {
+            value: json!(answer),
+            body: Some(header),
+        })
+    }
+
     async fn get(&self, args: GetArgs) -> Result<Response, EffectError> {
         let dir = self.existing_repo(&args.repo)?;
         let sha = self.resolve(&args.repo, &args.revision)?;

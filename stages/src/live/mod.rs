@@ -28,7 +28,7 @@ use gradline_engine::preflight::resolve;
 use gradline_engine::spec::KeySource;
 use serde::de::DeserializeOwned;
 
-use crate::hub::{CommitArgs, GetArgs, TagArgs};
+use crate::hub::{CommitArgs, GetArgs, HeaderArgs, TagArgs};
 
 use self::object_store::{StoreConfig, StoreSystem};
 
@@ -244,6 +244,10 @@ pub(crate) trait HubFace: Send + Sync {
         body: &[u8],
     ) -> impl Future<Output = Result<Response, EffectError>> + Send;
     fn tag(&self, args: TagArgs) -> impl Future<Output = Result<Response, EffectError>> + Send;
+    fn header(
+        &self,
+        args: HeaderArgs,
+    ) -> impl Future<Output = Result<Response, EffectError>> + Send;
 }
 
 /// Routes a `hub` request to a face.
@@ -258,6 +262,7 @@ pub(crate) async fn answer_hub<H: HubFace>(
             face.commit(args(&request)?, body).await
         }
         "tag" => face.tag(args(&request)?).await,
+        "header" => face.header(args(&request)?).await,
         op => Err(EffectError::final_(format!(
             "the hub has no operation `{op}`"
         ))),

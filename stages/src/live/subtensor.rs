@@ -131,8 +131,13 @@ impl Subtensor {
         EffectError::retryable(format!("{}: {what}: {error}", self.shown_url))
     }
 
-    async fn block(&self) -> Result<u64, EffectError> {
-        Ok(self.at_head().await?.block_number())
+    /// The finalized block's number and hash (`0x` hex).
+    async fn block(&self) -> Result<(u64, String), EffectError> {
+        let at = self.at_head().await?;
+        Ok((
+            at.block_number(),
+            crate::hex::encode_0x(at.block_hash().as_ref()),
+        ))
     }
 
     async fn neurons(&self, netuid: u16) -> Result<Vec<Neuron>, EffectError> {
@@ -349,7 +354,7 @@ impl Subtensor {
         let registered = match self.uid_on_chain(netuid).await? {
             Some(uid) => Registered {
                 uid,
-                block: self.block().await?,
+                block: self.block().await?.0,
                 skipped: true,
             },
             None => {
@@ -513,7 +518,10 @@ impl Transport for Subtensor {
     ) -> BoxFuture<'a, Result<Response, EffectError>> {
         Box::pin(async move {
             let value = match request.op.as_str() {
-                "block" => json!({ "number": self.block().await? }),
+                "block" => {
+                    let (number, hash) = self.block().await?;
+                    json!({ "number": number, "hash": hash })
+                }
                 "neurons" => json!(self.neurons(args::<NetArgs>(&request)?.netuid).await?),
                 "commitments" => {
                     json!(self.commitments(args::<NetArgs>(&request)?.netuid).await?)

@@ -78,6 +78,7 @@ pub fn save_as<B: Backend>(
     let name = match dtype {
         StoredDtype::F32 => "F32",
         StoredDtype::Bf16 => "BF16",
+        StoredDtype::F16 => "F16",
     };
     contract
         .tensors

@@ -1,6 +1,7 @@
 //! The model trained and scored by the `train` and `verify` stages, on burn.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod eval;
 pub mod gpt;
 pub mod train;
@@ -114,7 +115,12 @@ mod tests {
             only: Some(only.clone()),
             ..options(3)
         };
-        let outcome = train::train(model, corpus_batch::<B>(4, 65, &device), &options, |_, _| {});
+        let outcome = train::train(
+            model,
+            corpus_batch::<B>(4, 65, &device),
+            &options,
+            |_, _| {},
+        );
         let after = train::parameters(&outcome.model);
         let mut at = 0;
         for (name, numel) in &before.layout.tensors {

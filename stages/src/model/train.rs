@@ -141,7 +141,11 @@ pub fn train<B: AutodiffBackend>(
 
 /// Drops the gradients of every tensor not named in `only`, so the optimizer (weight decay
 /// included) leaves those tensors as they are.
-fn keep_only<B: AutodiffBackend>(model: &Gpt<B>, grads: &mut GradientsParams, only: &BTreeSet<String>) {
+fn keep_only<B: AutodiffBackend>(
+    model: &Gpt<B>,
+    grads: &mut GradientsParams,
+    only: &BTreeSet<String>,
+) {
     for snapshot in model.collect(None, None, false) {
         if only.contains(&snapshot.full_path()) {
             continue;

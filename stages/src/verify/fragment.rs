@@ -32,7 +32,10 @@ pub struct Context<'a> {
 pub fn check(uid: u16, hotkey: &str, cx: &Context) -> (Vec<Check>, Option<usize>) {
     let mut checks = Vec::new();
     let Some(job) = cx.jobs.iter().find(|j| j.body.miner_uid == uid) else {
-        checks.push(fail("job", format!("no job was given to uid {uid} this window")));
+        checks.push(fail(
+            "job",
+            format!("no job was given to uid {uid} this window"),
+        ));
         return (checks, None);
     };
     if let Err(why) = signed::check_job(job, cx.orchestrator, cx.window, cx.block) {
@@ -85,7 +88,12 @@ fn fits(
     shapes: Option<&BTreeMap<String, Vec<usize>>>,
 ) -> Result<(), String> {
     let state = TensorSet::from_safetensors(bytes).map_err(|e| e.to_string())?;
-    let names: BTreeSet<&str> = state.layout.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let names: BTreeSet<&str> = state
+        .layout
+        .tensors
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
     let wanted: BTreeSet<&str> = job.tensors.iter().map(String::as_str).collect();
     if names != wanted {
         let extra: Vec<&str> = names.difference(&wanted).copied().collect();

@@ -2,9 +2,11 @@
 //! timing), loss-delta scoring of gradients, model pre-checks and KL scoring for the
 //! distillation contest. Emits verdicts (every rejection with its reason) and scores.
 
+pub mod contest;
 pub mod fragment;
 pub mod integrity;
 pub mod loss_delta;
+pub mod precheck;
 
 use std::collections::BTreeMap;
 
@@ -21,7 +23,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{
-    CHECKPOINT, COMPRESSED, FRAGMENT_STATE, JOB, MINER, MODEL, RECEIPT, SCORES, VERDICTS,
+    BLOB, CHECKPOINT, COMPRESSED, FRAGMENT_STATE, JOB, MINER, RECEIPT, SCORES, VERDICTS,
 };
 use crate::codec::{self, Limits, Sparse};
 use crate::signed::{self, Check, Job, Receipt, Signed, Verdict};
@@ -35,7 +37,7 @@ use gradline_engine::runtime::ArtifactRef;
 pub struct Verify {
     /// What is checked.
     pub mode: Mode,
-    /// The miners whose work is judged, aligned with `gradients` / `models`.
+    /// The miners whose work is judged (their commitments name the work).
     #[serde(default)]
     pub miners: Option<Input>,
     /// The miners' encoded gradients (integrity, loss-delta).
@@ -56,12 +58,15 @@ pub struct Verify {
     /// The orchestrator's hotkey (hex or SS58): only jobs it signed count (fragment training).
     #[serde(default)]
     pub orchestrator: Option<Value<String>>,
-    /// The committed student models (model-precheck, kl).
+    /// kl: the teacher's hub repository, `owner/name` or `owner/name@revision`.
     #[serde(default)]
-    pub models: Option<Input>,
-    /// The teacher model (kl).
-    #[serde(default)]
-    pub teacher: Option<Input>,
+    pub teacher: Option<Value<String>>,
+    /// model-precheck: the dtypes a student's weights may be stored as.
+    #[serde(default = "default_dtypes")]
+    pub dtypes: Vec<String>,
+    /// kl: tokens per prompt, drawn from the shards under `data` at block-hash-seeded places.
+    #[serde(default = "default_prompt_tokens")]
+    pub prompt_tokens: Value<u32>,
     /// loss-delta: the factor the update is applied at.
     #[serde(default = "one")]
     pub factor: Value<f64>,
@@ -134,6 +139,12 @@ fn default_prompts() -> Value<u32> {
 fn default_new_tokens() -> Value<u32> {
     Value::Lit(64)
 }
+fn default_dtypes() -> Vec<String> {
+    vec!["BF16".into(), "F16".into()]
+}
+fn default_prompt_tokens() -> Value<u32> {
+    Value::Lit(32)
+}
 fn default_copy() -> Value<f64> {
     Value::Lit(0.9999)
 }
@@ -153,8 +164,7 @@ impl Verify {
             Mode::Integrity if self.states.is_some() => &["states", "miners", "receipts", "jobs"],
             Mode::Integrity => &["gradients", "miners"],
             Mode::LossDelta => &["gradients", "miners", "checkpoint"],
-            Mode::ModelPrecheck => &["models", "miners"],
-            Mode::Kl => &["models", "miners", "teacher"],
+            Mode::ModelPrecheck | Mode::Kl => &["miners"],
         }
     }
 
@@ -166,8 +176,6 @@ impl Verify {
             "states" => self.states.is_some(),
             "receipts" => self.receipts.is_some(),
             "jobs" => self.jobs.is_some(),
-            "models" => self.models.is_some(),
-            "teacher" => self.teacher.is_some(),
             _ => false,
         }
     }
@@ -194,8 +202,6 @@ impl StageKind for Verify {
             Port::new("checkpoint", CHECKPOINT, "The current checkpoint."),
             Port::new("receipts", Type::list(RECEIPT), "Their signed receipts."),
             Port::new("jobs", Type::list(JOB), "The orchestrator's signed jobs."),
-            Port::new("models", Type::list(MODEL), "Their committed models."),
-            Port::new("teacher", MODEL, "The teacher model."),
         ]
     }
 
@@ -203,9 +209,9 @@ impl StageKind for Verify {
         let accepted = match self.mode {
             Mode::Integrity if self.states.is_some() => Type::list(FRAGMENT_STATE),
             Mode::Integrity | Mode::LossDelta => Type::list(COMPRESSED),
-            Mode::ModelPrecheck | Mode::Kl => Type::list(MODEL),
+            Mode::ModelPrecheck | Mode::Kl => Type::list(MINER),
         };
-        vec![
+        let mut ports = vec![
             Port::new(
                 "verdicts",
                 VERDICTS,
@@ -220,9 +226,17 @@ impl StageKind for Verify {
             Port::new(
                 "king",
                 Type::Int,
-                "kl: the uid holding the crown after this evaluation.",
+                "kl: the uid holding the crown after this evaluation (-1: none).",
             ),
-        ]
+        ];
+        if matches!(self.mode, Mode::ModelPrecheck | Mode::Kl) {
+            ports.push(Port::new(
+                "history",
+                BLOB,
+                "model-precheck: who owns which weights file, who is disqualified; kl: the king and every final score. Carried to the next cycle.",
+            ));
+        }
+        ports
     }
 
     fn check(&self, cx: &CheckContext) -> Vec<Diagnostic> {
@@ -350,10 +364,8 @@ impl StageKind for Verify {
                 Mode::Integrity if self.states.is_some() => self.fragments(cx).await,
                 Mode::Integrity => self.integrity(cx).await,
                 Mode::LossDelta => self.loss_delta(cx).await,
-                mode => Err(StageError::final_(format!(
-                    "`mode: {}` cannot run yet in this version of gradline",
-                    serde_mode(mode)
-                ))),
+                Mode::ModelPrecheck => self.precheck(cx).await,
+                Mode::Kl => self.kl(cx).await,
             }
         })
     }
@@ -625,7 +637,7 @@ impl Verify {
                 uid,
                 checks,
                 score: if passed { 1.0 } else { 0.0 },
-                work: state.map(|at| refs[at].clone()),
+                work: state.map(|at| Val::Artifact(refs[at].clone())),
             });
         }
         emit(cx, judged).await
@@ -681,7 +693,8 @@ struct Judged {
     uid: u16,
     checks: Vec<Check>,
     score: f64,
-    work: Option<ArtifactRef>,
+    /// What `accepted` lists when the work passes.
+    work: Option<Val>,
 }
 
 impl Round {
@@ -694,7 +707,7 @@ impl Round {
                 uid: claim.uid,
                 checks,
                 score,
-                work: self.blob_of(claim).map(|(a, _)| a.clone()),
+                work: self.blob_of(claim).map(|(a, _)| Val::Artifact(a.clone())),
             })
             .collect()
     }
@@ -719,9 +732,9 @@ async fn emit(cx: &StageRun, judged: Vec<Judged>) -> Result<Outputs, StageError>
             score,
         };
         if verdict.accepted()
-            && let Some(artifact) = work
+            && let Some(work) = work
         {
-            accepted.push(Val::Artifact(artifact));
+            accepted.push(work);
         }
         scores.insert(uid.to_string(), serde_json::json!(score));
         verdicts.push(signed::sign_with(&cx.effects, verdict).await?);
