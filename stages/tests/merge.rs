@@ -313,6 +313,12 @@ async fn integrity_verdicts_accept_the_honest_miner_and_merge_only_its_work() {
     };
     assert_eq!(accepted.len(), 1);
     assert_eq!(of("next")["merged"], Val::Int(1));
+    let contract = read(&of("next")["contract"]);
+    assert_eq!(
+        of("next")["digest"],
+        Val::Str(contract["digest"].as_str().unwrap().into())
+    );
+    assert_eq!(contract["tensors"].as_array().unwrap().len(), 3);
     assert_eq!(
         values(&run, &of("next")["checkpoint"]),
         [0.0, 2.0, 5.0, 3.5]

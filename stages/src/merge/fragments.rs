@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn fragments_cover_every_trainable_tensor_once_and_balance() {
-        let contract = contract(&model_like(1.0), config());
+        let contract = contract(&model_like(1.0), Some(config()));
         let fragments = split(&contract, 4).unwrap();
         let mut names: Vec<&str> = fragments
             .iter()
@@ -214,8 +214,8 @@ mod tests {
 
     #[test]
     fn the_split_is_stable_across_releases() {
-        let first = contract(&model_like(1.0), config());
-        let mut later = contract(&model_like(-3.5), config());
+        let first = contract(&model_like(1.0), Some(config()));
+        let mut later = contract(&model_like(-3.5), Some(config()));
         later.tensors.reverse();
         assert_ne!(first.digest, later.digest);
         assert_eq!(split(&first, 5).unwrap(), split(&later, 5).unwrap());
@@ -225,7 +225,7 @@ mod tests {
     fn split_train_and_release_round_trips_to_the_same_digest() {
         let base = model_like(1.0);
         let trained = model_like(0.25);
-        let fragments = split(&contract(&base, config()), 3).unwrap();
+        let fragments = split(&contract(&base, Some(config())), 3).unwrap();
         let states: Vec<TensorSet> = fragments
             .iter()
             .map(|f| extract(&trained, f).unwrap())

@@ -24,7 +24,7 @@ use crate::artifacts::{
     BLOB, CHECKPOINT, COMPRESSED, DIGEST, FRAGMENT, FRAGMENT_STATE, SCORES, VERDICTS,
 };
 use crate::codec::{self, Limits};
-use crate::model::checkpoint::digest;
+use crate::model::checkpoint::{self, digest};
 use crate::tensors::TensorSet;
 
 /// Merge accepted work into the next checkpoint.
@@ -141,6 +141,11 @@ impl StageKind for Merge {
                 Port::new("checkpoint", CHECKPOINT, "The next checkpoint."),
                 Port::new("digest", DIGEST, "Its canonical digest."),
                 Port::new(
+                    "contract",
+                    BLOB,
+                    "Its parameter contract (JSON): tensor names, shapes, dtypes, trainable flags, digest.",
+                ),
+                Port::new(
                     "momentum",
                     BLOB,
                     "The outer optimizer's velocity, carried to the next cycle.",
@@ -150,6 +155,11 @@ impl StageKind for Merge {
             MergeMode::Release => vec![
                 Port::new("checkpoint", CHECKPOINT, "The released checkpoint."),
                 Port::new("digest", DIGEST, "Its canonical digest."),
+                Port::new(
+                    "contract",
+                    BLOB,
+                    "Its parameter contract (JSON): tensor names, shapes, dtypes, trainable flags, digest.",
+                ),
             ],
         }
     }
@@ -343,8 +353,14 @@ async fn write_checkpoint(cx: &StageRun, set: &TensorSet) -> Result<Outputs, Sta
     let bytes = set
         .to_safetensors("checkpoint")
         .map_err(|e| StageError::final_(e.to_string()))?;
+    let contract = serde_json::to_vec_pretty(&checkpoint::contract(set, None))
+        .map_err(|e| StageError::final_(e.to_string()))?;
     Ok(BTreeMap::from([
         ("digest".to_owned(), Val::Str(digest(set))),
+        (
+            "contract".to_owned(),
+            Val::Artifact(cx.write_artifact("blob", contract).await?),
+        ),
         (
             "checkpoint".to_owned(),
             Val::Artifact(cx.write_artifact("checkpoint", bytes).await?),

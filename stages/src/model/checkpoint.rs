@@ -26,7 +26,9 @@ pub const CONTRACT_FORMAT: &str = "gradline.contract/v1";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Contract {
     pub format: String,
-    pub model: GptConfig,
+    /// The model's shape, when the tensors are a gradline GPT's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<GptConfig>,
     pub tensors: Vec<ContractTensor>,
     /// The canonical digest of the weights.
     pub digest: String,
@@ -74,7 +76,7 @@ pub fn save_as<B: Backend>(
     let set = parameters(model);
     let bytes = set.to_safetensors_as("checkpoint", dtype)?;
     let stored = TensorSet::from_safetensors(&bytes)?;
-    let mut contract = contract(&stored, model.config());
+    let mut contract = contract(&stored, Some(model.config()));
     let name = match dtype {
         StoredDtype::F32 => "F32",
         StoredDtype::Bf16 => "BF16",
@@ -88,7 +90,7 @@ pub fn save_as<B: Backend>(
 }
 
 /// The contract of a tensor set.
-pub fn contract(set: &TensorSet, model: GptConfig) -> Contract {
+pub fn contract(set: &TensorSet, model: Option<GptConfig>) -> Contract {
     let tensors = set
         .layout
         .tensors

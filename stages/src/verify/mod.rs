@@ -279,6 +279,38 @@ impl StageKind for Verify {
                 .hint("e.g. `orchestrator: \"${{ stages.released.outputs.hotkey }}\"`"),
             );
         }
+        if self.mode == Mode::Kl && self.teacher.is_none() {
+            out.push(
+                Diagnostic::error("missing-setting", "`mode: kl` needs `teacher:`")
+                    .at(cx.span_of("mode"))
+                    .hint("the teacher's hub repo: `teacher: owner/name` or `owner/name@REVISION`"),
+            );
+        }
+        if matches!(self.mode, Mode::ModelPrecheck | Mode::Kl) {
+            out.extend(crate::require_resource(
+                cx.resources.hub.is_some(),
+                "hub",
+                "reading committed models",
+                cx,
+                "mode",
+            ));
+        }
+        if self.mode == Mode::Kl {
+            out.extend(crate::require_resource(
+                cx.resources.store.is_some(),
+                "store",
+                "drawing prompts from token shards",
+                cx,
+                "data",
+            ));
+            out.extend(crate::require_resource(
+                cx.resources.chain.is_some(),
+                "chain",
+                "seeding prompts by the block hash",
+                cx,
+                "mode",
+            ));
+        }
         if self.mode == Mode::ModelPrecheck && self.max_params.is_none() {
             out.push(
                 Diagnostic::error(
@@ -324,6 +356,17 @@ impl StageKind for Verify {
             ),
         };
         let mut effects = vec![Effect::compute(Some(cx.device().to_string()), what)];
+        if self.mode == Mode::Kl {
+            effects.push(Effect::read(
+                "store",
+                cx.store(),
+                format!(
+                    "{}/: {} prompts at block-hash-seeded places",
+                    cx.render(&self.data),
+                    cx.render(&self.prompts)
+                ),
+            ));
+        }
         if self.mode == Mode::LossDelta {
             effects.push(Effect::read(
                 "store",
@@ -338,7 +381,10 @@ impl StageKind for Verify {
             effects.push(Effect::read(
                 "hub",
                 cx.hub(),
-                "each model at its committed revision (headers, config)",
+                match self.mode {
+                    Mode::Kl => "the teacher, the king and each new challenger at their revisions (weights, config)",
+                    _ => "each model's safetensors header and config.json at its committed revision",
+                },
             ));
         }
         if self.mode == Mode::Integrity && self.states.is_some() {
@@ -348,11 +394,11 @@ impl StageKind for Verify {
                 "the current block (job deadlines)",
             ));
         }
-        if matches!(self.mode, Mode::Kl | Mode::ModelPrecheck) {
+        if self.mode == Mode::Kl {
             effects.push(Effect::read(
                 "chain",
                 cx.chain(),
-                "block hash and earlier commitments",
+                "the block hash (the prompts' seed)",
             ));
         }
         effects
