@@ -550,7 +550,7 @@ pub(crate) async fn shard_tokens(
         )));
     }
     let tokens = read_shard(&bytes).map_err(|e| StageError::final_(e.to_string()))?;
-    let end = offset.checked_add(span).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(span);
     let assigned = usize::try_from(offset)
         .ok()
         .zip(usize::try_from(end).ok())

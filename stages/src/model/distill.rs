@@ -42,7 +42,7 @@ pub fn config_from_json(config: &serde_json::Value) -> Result<GptConfig, String>
         heads: field(&["n_head"])?,
         dim: field(&["n_embd"])?,
     };
-    if config.heads == 0 || config.dim % config.heads != 0 {
+    if config.heads == 0 || !config.dim.is_multiple_of(config.heads) {
         return Err(format!(
             "n_embd {} is not a multiple of n_head {}",
             config.dim, config.heads

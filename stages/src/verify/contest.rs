@@ -5,6 +5,7 @@
 //! score is final once evaluated; a functional copy (per-position KL vectors nearly parallel
 //! to another model's) is flagged. What must outlive a cycle is carried in `history`.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -94,7 +95,7 @@ fn key(candidate: &Candidate) -> String {
 impl Verify {
     /// Pre-checks of every committed model, in commitment order.
     pub(super) async fn precheck(&self, cx: &StageRun) -> Result<Outputs, StageError> {
-        let (records, mut candidates) = self.candidates(cx)?;
+        let mut candidates = self.candidates(cx)?;
         candidates.sort_by_key(|(_, c)| (c.block, c.uid));
         let mut history: History = carried(cx).await;
         let rules = Rules {
@@ -106,7 +107,7 @@ impl Verify {
             dtypes: &self.dtypes,
         };
         let mut judged = Vec::new();
-        for (at, candidate) in &candidates {
+        for (record, candidate) in &candidates {
             let checks = match candidate.pinned() {
                 Err(why) => vec![fail("pinned", why)],
                 Ok(()) => {
@@ -128,7 +129,7 @@ impl Verify {
                 uid: candidate.uid,
                 checks,
                 score: if passed { 1.0 } else { 0.0 },
-                work: Some(records[*at].clone()),
+                work: Some(record.clone()),
             });
         }
         let mut out = emit(cx, judged).await?;
@@ -138,7 +139,7 @@ impl Verify {
 
     /// King of the hill by KL on block-seeded prompts.
     pub(super) async fn kl(&self, cx: &StageRun) -> Result<Outputs, StageError> {
-        let (_, mut candidates) = self.candidates(cx)?;
+        let mut candidates = self.candidates(cx)?;
         candidates.sort_by_key(|(_, c)| (c.block, c.uid));
         let candidates: Vec<Candidate> = candidates.into_iter().map(|(_, c)| c).collect();
         let mut contest: Contest = carried(cx).await;
@@ -249,11 +250,12 @@ impl Verify {
             if is_king {
                 checks.push(pass("crown"));
             }
-            if kls.contains_key(&k) || unscorable.contains_key(&k) {
-                if Some(candidate) != king {
-                    let kl = kls.get(&k).map_or(f64::INFINITY, |(kl, _)| *kl);
-                    contest.finals.insert(k.clone(), kl);
-                }
+            // A model that could not be scored (the hub down, a file unreadable) is tried
+            // again next round; a scored challenger's KL is final.
+            if let Some((kl, _)) = kls.get(&k)
+                && Some(candidate) != king
+            {
+                contest.finals.insert(k.clone(), *kl);
             }
             judged.push(Judged {
                 uid: candidate.uid,
@@ -277,7 +279,7 @@ impl Verify {
     }
 
     /// The miner records given, and the candidates they name.
-    fn candidates(&self, cx: &StageRun) -> Result<(Vec<Val>, Vec<(usize, Candidate)>), StageError> {
+    fn candidates(&self, cx: &StageRun) -> Result<Vec<(Val, Candidate)>, StageError> {
         let Some(miners) = &self.miners else {
             return Err(StageError::final_("`miners:` is missing"));
         };
@@ -290,8 +292,7 @@ impl Verify {
         };
         let candidates = records
             .iter()
-            .enumerate()
-            .filter_map(|(at, m)| {
+            .filter_map(|m| {
                 let uid = match m.field("uid") {
                     Some(Val::Int(uid)) => u16::try_from(*uid).ok()?,
                     _ => return None,
@@ -301,7 +302,7 @@ impl Verify {
                     _ => 0,
                 };
                 Some((
-                    at,
+                    m.clone(),
                     Candidate {
                         uid,
                         hotkey: text(m, "hotkey"),
@@ -312,7 +313,7 @@ impl Verify {
                 ))
             })
             .collect();
-        Ok((records, candidates))
+        Ok(candidates)
     }
 
     /// The teacher, loaded, with its continuations of this round's prompts.
@@ -360,12 +361,14 @@ async fn prompts(
     for i in 0..count {
         let at = assign(seed, i as i64, 0, &counts, length as u64)
             .map_err(|e| StageError::final_(e.to_string()))?;
-        if !shards.contains_key(&at.shard) {
-            let info = &index.shards[at.shard];
-            let whole = shard_tokens(cx, data, &index, &info.name, 0, info.tokens).await?;
-            shards.insert(at.shard, whole.tokens);
-        }
-        let tokens = &shards[&at.shard];
+        let tokens = match shards.entry(at.shard) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let info = &index.shards[at.shard];
+                let whole = shard_tokens(cx, data, &index, &info.name, 0, info.tokens).await?;
+                entry.insert(whole.tokens)
+            }
+        };
         out.push(tokens[at.offset as usize..at.offset as usize + length].to_vec());
     }
     Ok(out)
