@@ -20,6 +20,44 @@ pub enum StoredDtype {
     F16,
 }
 
+/// A safetensors file with its header's keys (and its metadata's) in sorted order, so the
+/// same tensors always give the same bytes and digest (the writer's metadata map has no order).
+fn canonical(bytes: Vec<u8>) -> Result<Vec<u8>, TensorError> {
+    let malformed = || TensorError::Format("a safetensors file without a header".into());
+    let length: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(malformed)?;
+    let end = usize::try_from(u64::from_le_bytes(length))
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| TensorError::Format(e.to_string()))?;
+    let sorted = |map: serde_json::Map<String, serde_json::Value>| {
+        let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.into_iter().collect::<serde_json::Map<_, _>>()
+    };
+    let header: serde_json::Map<String, serde_json::Value> = sorted(header)
+        .into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::Object(inner) if key == "__metadata__" => {
+                (key, serde_json::Value::Object(sorted(inner)))
+            }
+            other => (key, other),
+        })
+        .collect();
+    let mut text = serde_json::to_vec(&header).map_err(|e| TensorError::Format(e.to_string()))?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
+}
+
 /// Tensors flattened in contract order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSet {
@@ -129,8 +167,9 @@ impl TensorSet {
             ),
             (KIND_KEY.to_owned(), kind.to_owned()),
         ]);
-        safetensors::serialize(views, Some(metadata))
-            .map_err(|e| TensorError::Format(e.to_string()))
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| TensorError::Format(e.to_string()))?;
+        canonical(bytes)
     }
 
     /// Reads a set whose order is in its metadata (gradients, residuals).
@@ -227,5 +266,17 @@ mod tests {
             TensorSet::from_safetensors(b"not safetensors"),
             Err(TensorError::Format(_))
         ));
+    }
+
+    #[test]
+    fn the_same_tensors_always_give_the_same_bytes() {
+        let mut set = TensorSet::flat(vec![1.0, -2.0, 3.5]);
+        set.layout.tensors = vec![("b".into(), 1), ("a".into(), 2)];
+        set.shapes = vec![vec![1], vec![2]];
+        let first = set.to_safetensors("checkpoint").unwrap();
+        for _ in 0..20 {
+            assert_eq!(set.to_safetensors("checkpoint").unwrap(), first);
+        }
+        assert_eq!(TensorSet::from_safetensors(&first).unwrap(), set);
     }
 }

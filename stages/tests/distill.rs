@@ -215,7 +215,11 @@ async fn prechecks_refuse_cheats_and_the_closest_student_takes_the_crown() {
         .await;
     let dave = contest.commit("dave", "dave/big", &big_rev).await;
     let quant_rev = contest
-        .publish("erin/q", bf16(&far), config_json(tiny, true))
+        .publish(
+            "erin/q",
+            bf16(&perturbed(&teacher, 0.2, 5)),
+            config_json(tiny, true),
+        )
         .await;
     let erin = contest.commit("erin", "erin/q", &quant_rev).await;
     // Frank re-encodes Alice's weights as F16: another file, the same function.

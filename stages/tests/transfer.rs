@@ -310,6 +310,62 @@ stages:
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_safetensors_header_is_read_from_the_hub_by_ranges_alone() {
+    use gradline_engine::effects::{CallScope, Request};
+    use gradline_stages::hub::HeaderArgs;
+    use gradline_stages::live::hf::{HfConfig, HfHub};
+    use gradline_stages::tensors::{StoredDtype, TensorSet};
+    use gradline_stages::verify::precheck::summarize;
+
+    let scratch = Scratch::new("hub-header");
+    let hub = HubState::new(Some(TOKEN));
+    let mut set = TensorSet::flat(vec![0.5; 3000]);
+    set.shapes = vec![vec![30, 100]];
+    let weights = set
+        .to_safetensors_as("checkpoint", StoredDtype::Bf16)
+        .unwrap();
+    let sha = hub.seed(REPO, &[("model.safetensors", &weights)]);
+    let at = servers::start(servers::fake_hub::router(hub.clone())).await;
+    let face = HfHub::connect(&HfConfig {
+        endpoint: format!("http://{at}"),
+        token: Some(TOKEN.into()),
+        timeout: Duration::from_secs(10),
+        cache_dir: Some(scratch.0.join("hf-cache")),
+        attempts: 2,
+    })
+    .unwrap();
+    let args = HeaderArgs {
+        repo: REPO.into(),
+        revision: sha.clone(),
+        path: "model.safetensors".into(),
+    };
+    let answer = face
+        .call(
+            &CallScope::scheduler(0),
+            Request::new("hub", "header", serde_json::json!(args)),
+        )
+        .await
+        .unwrap();
+    let summary = summarize(&answer.body.unwrap()).unwrap();
+    assert_eq!(summary.params, 3000);
+    assert!(summary.dtypes.contains("BF16"));
+    assert_eq!(answer.value["revision"], serde_json::json!(sha));
+    assert_eq!(
+        answer.value["hash"],
+        serde_json::json!(servers::fake_hub::sha256(&weights)),
+        "the LFS sha256 of the whole file"
+    );
+    let ranges = hub.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert!(ranges[0].starts_with("bytes=0-"), "{ranges:?}");
+    assert!(ranges[1].starts_with("bytes=8-"), "{ranges:?}");
+    assert!(
+        !scratch.0.join("hf-cache/models--team--ckpt/blobs").exists(),
+        "no weights were downloaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_hub_download_resumes_from_where_it_stopped() {
     let s = sources("resume", &checkpoint_bytes(7, 5000), b"", b"").await;
     s.hub.fault(Fault::Truncate(2000));
