@@ -179,29 +179,27 @@ async fn call<T: DeserializeOwned>(
         .map_err(|e| StageError::final_(format!("{what}: the chain's answer: {e}")))
 }
 
-/// The current block.
-pub async fn block(effects: &Effects) -> Result<u64, StageError> {
-    let answer: serde_json::Value = call(
+/// The current block's answer: `number` and `hash`.
+async fn current(effects: &Effects) -> Result<serde_json::Value, StageError> {
+    call(
         effects,
         "block",
         serde_json::Value::Null,
         "reading the block",
     )
-    .await?;
-    answer["number"]
+    .await
+}
+
+/// The current block.
+pub async fn block(effects: &Effects) -> Result<u64, StageError> {
+    current(effects).await?["number"]
         .as_u64()
         .ok_or_else(|| StageError::final_("the chain gave no block number"))
 }
 
 /// The current block's number and hash (`0x` hex): a seed nobody knows before the block.
 pub async fn block_hash(effects: &Effects) -> Result<(u64, String), StageError> {
-    let answer: serde_json::Value = call(
-        effects,
-        "block",
-        serde_json::Value::Null,
-        "reading the block",
-    )
-    .await?;
+    let answer = current(effects).await?;
     match (answer["number"].as_u64(), answer["hash"].as_str()) {
         (Some(number), Some(hash)) => Ok((number, hash.to_owned())),
         _ => Err(StageError::final_(

@@ -128,13 +128,7 @@ impl Network {
     fn new(tag: &'static str) -> Self {
         let root = std::env::temp_dir().join(format!("gradline-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let shards = root.join("store/data/shards");
-        std::fs::create_dir_all(&shards).unwrap();
-        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/shards/bytes");
-        for entry in std::fs::read_dir(fixtures).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), shards.join(entry.file_name())).unwrap();
-        }
+        common::store_with_shards(&root);
         let model = GptConfig::tiny().init::<Cpu>(&Default::default());
         let (bytes, _) = checkpoint::save(&model).unwrap();
         std::fs::create_dir_all(root.join("store/base")).unwrap();

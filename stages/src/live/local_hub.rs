@@ -117,20 +117,31 @@ impl LocalHub {
     }
 }
 
+impl LocalHub {
+    /// A file of a repository at a revision: the commit SHA, its entry, and where its bytes lie.
+    fn file_at(
+        &self,
+        repo: &str,
+        revision: &str,
+        path: &str,
+    ) -> Result<(String, FileRef, PathBuf), EffectError> {
+        let dir = self.existing_repo(repo)?;
+        let sha = self.resolve(repo, revision)?;
+        let mut commit = self.read_commit(&dir, &sha)?;
+        let file = commit.files.remove(path).ok_or_else(|| {
+            EffectError::final_(format!("`{repo}` has no file `{path}` at {sha}"))
+        })?;
+        let object = dir.join("objects").join(&file.digest);
+        Ok((sha, file, object))
+    }
+}
+
 impl HubFace for LocalHub {
     async fn header(&self, args: HeaderArgs) -> Result<Response, EffectError> {
         use tokio::io::AsyncReadExt;
-        let dir = self.existing_repo(&args.repo)?;
-        let sha = self.resolve(&args.repo, &args.revision)?;
-        let commit = self.read_commit(&dir, &sha)?;
-        let file = commit.files.get(&args.path).ok_or_else(|| {
-            EffectError::final_(format!(
-                "`{}` has no file `{}` at {sha}",
-                args.repo, args.path
-            ))
-        })?;
+        let (sha, file, object) = self.file_at(&args.repo, &args.revision, &args.path)?;
         let what = format!("reading the header of `{}`", args.path);
-        let mut object = tokio::fs::File::open(dir.join("objects").join(&file.digest))
+        let mut object = tokio::fs::File::open(&object)
             .await
             .map_err(|e| io_error(&what, &e))?;
         let mut prefix = [0u8; 8];
@@ -147,7 +158,7 @@ impl HubFace for LocalHub {
         let answer = Header {
             revision: sha,
             size: file.size,
-            hash: file.digest.clone(),
+            hash: file.digest,
         };
         Ok(Response {
             value: json!(answer),
@@ -156,19 +167,11 @@ impl HubFace for LocalHub {
     }
 
     async fn get(&self, args: GetArgs) -> Result<Response, EffectError> {
-        let dir = self.existing_repo(&args.repo)?;
-        let sha = self.resolve(&args.repo, &args.revision)?;
-        let commit = self.read_commit(&dir, &sha)?;
-        let file = commit.files.get(&args.path).ok_or_else(|| {
-            EffectError::final_(format!(
-                "`{}` has no file `{}` at {sha}",
-                args.repo, args.path
-            ))
-        })?;
+        let (sha, file, object) = self.file_at(&args.repo, &args.revision, &args.path)?;
         if file.size > args.max_bytes {
             return Err(fetch::too_large(file.size, args.max_bytes));
         }
-        let bytes = tokio::fs::read(dir.join("objects").join(&file.digest))
+        let bytes = tokio::fs::read(&object)
             .await
             .map_err(|e| io_error(&format!("reading `{}`", args.path), &e))?;
         let digest = blake3::hash(&bytes).to_hex().to_string();

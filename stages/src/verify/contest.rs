@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::precheck::{self, Candidate, Facts, History, Rules};
-use super::{Judged, Verify, emit};
+use super::{Judged, Verify, emit, text_of};
 use crate::data::assign;
 use crate::hub::{self, GetArgs, HeaderArgs};
 use crate::model::distill::{self, Teacher};
@@ -286,10 +286,6 @@ impl Verify {
         let Val::List(records) = cx.input(miners)? else {
             return Err(StageError::final_("`miners` is not a list of miners"));
         };
-        let text = |m: &Val, field: &str| match m.field(field) {
-            Some(Val::Str(s)) => s.clone(),
-            _ => String::new(),
-        };
         let candidates = records
             .iter()
             .filter_map(|m| {
@@ -305,9 +301,9 @@ impl Verify {
                     m.clone(),
                     Candidate {
                         uid,
-                        hotkey: text(m, "hotkey"),
-                        repo: text(m, "repo"),
-                        revision: text(m, "revision"),
+                        hotkey: text_of(m, "hotkey"),
+                        repo: text_of(m, "repo"),
+                        revision: text_of(m, "revision"),
                         block,
                     },
                 ))

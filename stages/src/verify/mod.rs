@@ -714,23 +714,8 @@ async fn statements<T: signed::Statement>(
 
 /// `(uid, hotkey)` of each `miner` record.
 fn uids_and_hotkeys(miners: &Val) -> Result<Vec<(u16, String)>, StageError> {
-    let Val::List(items) = miners else {
-        return Err(StageError::final_("`miners` is not a list of miners"));
-    };
-    items
-        .iter()
-        .map(|m| {
-            let uid = match m.field("uid") {
-                Some(Val::Int(uid)) => u16::try_from(*uid).ok(),
-                _ => None,
-            }
-            .ok_or_else(|| StageError::final_("a miner without a uid"))?;
-            let hotkey = match m.field("hotkey") {
-                Some(Val::Str(h)) => h.clone(),
-                _ => String::new(),
-            };
-            Ok((uid, hotkey))
-        })
+    miner_records(miners)?
+        .map(|m| Ok((uid_of(m)?, text_of(m, "hotkey"))))
         .collect()
 }
 
@@ -805,28 +790,42 @@ async fn emit(cx: &StageRun, judged: Vec<Judged>) -> Result<Outputs, StageError>
 
 /// The miners' claims from `miner` records.
 fn claims(miners: &Val) -> Result<Vec<integrity::Claim>, StageError> {
-    let Val::List(items) = miners else {
-        return Err(StageError::final_("`miners` is not a list of miners"));
-    };
-    items
-        .iter()
+    miner_records(miners)?
         .map(|m| {
-            let uid = match m.field("uid") {
-                Some(Val::Int(uid)) => u16::try_from(*uid).ok(),
-                _ => None,
-            }
-            .ok_or_else(|| StageError::final_("a miner without a uid"))?;
-            let digest = match m.field("digest") {
-                Some(Val::Str(d)) => d.clone(),
-                _ => String::new(),
-            };
             let block = match m.field("block") {
                 Some(Val::Int(b)) => *b,
                 _ => -1,
             };
-            Ok(integrity::Claim { uid, digest, block })
+            Ok(integrity::Claim {
+                uid: uid_of(m)?,
+                digest: text_of(m, "digest"),
+                block,
+            })
         })
         .collect()
+}
+
+fn miner_records(miners: &Val) -> Result<impl Iterator<Item = &Val>, StageError> {
+    match miners {
+        Val::List(items) => Ok(items.iter()),
+        _ => Err(StageError::final_("`miners` is not a list of miners")),
+    }
+}
+
+fn uid_of(miner: &Val) -> Result<u16, StageError> {
+    match miner.field("uid") {
+        Some(Val::Int(uid)) => u16::try_from(*uid).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| StageError::final_("a miner without a uid"))
+}
+
+/// A text field of a record; empty when absent.
+fn text_of(record: &Val, field: &str) -> String {
+    match record.field(field) {
+        Some(Val::Str(s)) => s.clone(),
+        _ => String::new(),
+    }
 }
 
 fn serde_mode(mode: Mode) -> &'static str {

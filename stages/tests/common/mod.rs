@@ -63,6 +63,19 @@ impl Transport for FixtureStore {
     }
 }
 
+/// Copies the repository's token shards into `store/data/shards` under `root`, as a
+/// `file://` store serves them.
+#[allow(dead_code)]
+pub fn store_with_shards(root: &std::path::Path) {
+    let shards = root.join("store/data/shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/shards/bytes");
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), shards.join(entry.file_name())).unwrap();
+    }
+}
+
 /// A clock stopped at one instant, so a test's windows (and batches) are always the same.
 #[allow(dead_code)]
 pub struct StoppedClock(pub u64);
