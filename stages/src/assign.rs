@@ -16,8 +16,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::artifacts::{CHECKPOINT, FRAGMENT, JOB, MINER};
-use crate::data::{INDEX_FILE, ShardIndex, assign};
+use crate::data::assign;
+use crate::miners::{miner_records, uid_of};
 use crate::signed::{self, Job};
+use crate::train::read_shard_index;
 use crate::{chain, require_resource, store};
 
 /// Assign fragments and token shards to miners as signed jobs.
@@ -146,7 +148,9 @@ impl Assign {
         if fragments.is_empty() {
             return Err(StageError::final_("no fragments to assign"));
         }
-        let mut uids = miner_uids(&cx.input(&self.miners)?)?;
+        let mut uids = miner_records(&cx.input(&self.miners)?)?
+            .map(uid_of)
+            .collect::<Result<Vec<u16>, _>>()?;
         uids.sort_unstable();
         uids.dedup();
         let Val::Artifact(checkpoint) = cx.input(&self.checkpoint)? else {
@@ -158,12 +162,7 @@ impl Assign {
         };
         let (data, prefix) = (cx.get(&self.data)?, cx.get(&self.jobs)?);
         let tokens = cx.get(&self.tokens)?.max(2);
-        let index: ShardIndex = serde_json::from_slice(
-            &store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?,
-        )
-        .map_err(|e| {
-            StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}"))
-        })?;
+        let index = read_shard_index(cx, &data).await?;
         let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
         let block = chain::block(&cx.effects).await?;
         let deadline_block = block + u64::from(cx.get(&self.deadline_blocks)?);
@@ -238,20 +237,6 @@ fn fragment_records(value: &Val) -> Result<Vec<FragmentRecord>, StageError> {
                     "a fragment without an index or tensor names",
                 )),
             }
-        })
-        .collect()
-}
-
-fn miner_uids(value: &Val) -> Result<Vec<u16>, StageError> {
-    let Val::List(items) = value else {
-        return Err(StageError::final_("`miners` is not a list of miners"));
-    };
-    items
-        .iter()
-        .map(|m| match m.field("uid") {
-            Some(Val::Int(uid)) => u16::try_from(*uid)
-                .map_err(|_| StageError::final_(format!("uid {uid} is out of range"))),
-            _ => Err(StageError::final_("a miner without a uid")),
         })
         .collect()
 }

@@ -90,3 +90,28 @@ impl StageKind for Miners {
         })
     }
 }
+
+/// The items of a list of `miner` records.
+pub(crate) fn miner_records(miners: &Val) -> Result<impl Iterator<Item = &Val>, StageError> {
+    match miners {
+        Val::List(items) => Ok(items.iter()),
+        _ => Err(StageError::final_("`miners` is not a list of miners")),
+    }
+}
+
+/// A `miner` record's uid.
+pub(crate) fn uid_of(miner: &Val) -> Result<u16, StageError> {
+    match miner.field("uid") {
+        Some(Val::Int(uid)) => u16::try_from(*uid).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| StageError::final_("a miner without a uid"))
+}
+
+/// A text field of a record; empty when absent.
+pub(crate) fn text_of(record: &Val, field: &str) -> String {
+    match record.field(field) {
+        Some(Val::Str(s)) => s.clone(),
+        _ => String::new(),
+    }
+}

@@ -254,6 +254,15 @@ pub fn signer_of_hotkey(hotkey: &str) -> Option<String> {
     Some(crate::hex::encode_0x(&account.0))
 }
 
+/// The signer a hotkey setting names, or an error naming the setting.
+pub fn signer_setting(setting: &str, hotkey: &str) -> Result<String, StageError> {
+    signer_of_hotkey(hotkey).ok_or_else(|| {
+        StageError::final_(format!(
+            "`{setting}` is not a hotkey (hex or SS58): `{hotkey}`"
+        ))
+    })
+}
+
 /// The `0x` hex public key of a keypair, as statements name their signers.
 pub fn signer_of(key: &Keypair) -> String {
     crate::hex::encode_0x(&key.public_key().0)

@@ -345,11 +345,7 @@ impl Train {
             Some(hotkey) => cx.get(hotkey)?,
             None => return Err(StageError::final_("`job:` needs `orchestrator:`")),
         };
-        let signer = signed::signer_of_hotkey(&orchestrator).ok_or_else(|| {
-            StageError::final_(format!(
-                "`orchestrator` is not a hotkey (hex or SS58): `{orchestrator}`"
-            ))
-        })?;
+        let signer = signed::signer_setting("orchestrator", &orchestrator)?;
         let block = chain::block(&cx.effects).await?;
         let refused = |why: String| StageError::final_(format!("refusing the job: {why}"));
         let body = signed::check_job(&job, &signer, cx.window().max(0) as u64, block)
@@ -506,17 +502,19 @@ pub(crate) async fn assigned_tokens(
     shard_tokens(cx, data, &index, shard, at.offset, span).await
 }
 
+/// The shard index under `data` in the store.
+pub(crate) async fn read_shard_index(cx: &StageRun, data: &str) -> Result<ShardIndex, StageError> {
+    serde_json::from_slice(&store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?)
+        .map_err(|e| StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}")))
+}
+
 /// The shard index under `data`, refused when its vocabulary does not fit the model.
 pub(crate) async fn shard_index(
     cx: &StageRun,
     data: &str,
     vocab: usize,
 ) -> Result<ShardIndex, StageError> {
-    let index: ShardIndex =
-        serde_json::from_slice(&store::get(&cx.effects, &format!("{data}/{INDEX_FILE}")).await?)
-            .map_err(|e| {
-                StageError::final_(format!("{data}/{INDEX_FILE} is not a shard index: {e}"))
-            })?;
+    let index = read_shard_index(cx, data).await?;
     if index.vocab_size as usize > vocab {
         return Err(StageError::final_(format!(
             "the shards' vocabulary ({}) is larger than the model's ({})",

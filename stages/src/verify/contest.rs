@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::precheck::{self, Candidate, Facts, History, Rules};
-use super::{Judged, Verify, emit, text_of};
+use super::{Judged, Verify, emit};
 use crate::data::assign;
 use crate::hub::{self, GetArgs, HeaderArgs};
+use crate::miners::{text_of, uid_of};
 use crate::model::distill::{self, Teacher};
 use crate::model::{Cpu, Gpt, checkpoint};
 use crate::train::{shard_index, shard_tokens};
@@ -204,15 +205,8 @@ impl Verify {
                 false => kls.get(&key(c)).map(|(kl, _)| *kl),
             })
             .collect();
-        let new_king = match (challengers.is_empty(), king_kl, king) {
-            (false, None, Some(_)) => {
-                // The king could not be scored this round: it keeps the crown only if no
-                // challenger can be compared with it; challengers are judged among themselves.
-                crown(None, &eligible, epsilon)
-            }
-            _ => crown(king_kl, &eligible, epsilon),
-        };
-        let crowned: Option<&Candidate> = match new_king {
+        // A king that could not be scored this round cannot hold off a challenger.
+        let crowned: Option<&Candidate> = match crown(king_kl, &eligible, epsilon) {
             Decision::Dethroned(i) => Some(challengers[i]),
             Decision::Kept => king,
         };
@@ -289,10 +283,7 @@ impl Verify {
         let candidates = records
             .iter()
             .filter_map(|m| {
-                let uid = match m.field("uid") {
-                    Some(Val::Int(uid)) => u16::try_from(*uid).ok()?,
-                    _ => return None,
-                };
+                let uid = uid_of(m).ok()?;
                 let block = match m.field("block") {
                     Some(Val::Int(b)) => u64::try_from(*b).unwrap_or(0),
                     _ => 0,

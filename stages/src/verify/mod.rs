@@ -26,6 +26,7 @@ use crate::artifacts::{
     BLOB, CHECKPOINT, COMPRESSED, FRAGMENT_STATE, JOB, MINER, RECEIPT, SCORES, VERDICTS,
 };
 use crate::codec::{self, Limits, Sparse};
+use crate::miners::{miner_records, text_of, uid_of};
 use crate::signed::{self, Check, Job, Receipt, Signed, Verdict};
 use crate::tensors::TensorSet;
 use crate::train::{ModelPreset, ModelShape, assigned_tokens, model_config};
@@ -632,11 +633,7 @@ impl Verify {
             Some(hotkey) => cx.get(hotkey)?,
             None => return Err(StageError::final_("`orchestrator:` is missing")),
         };
-        let orchestrator = signed::signer_of_hotkey(&orchestrator).ok_or_else(|| {
-            StageError::final_(format!(
-                "`orchestrator` is not a hotkey (hex or SS58): `{orchestrator}`"
-            ))
-        })?;
+        let orchestrator = signed::signer_setting("orchestrator", &orchestrator)?;
         let jobs: Vec<Signed<Job>> = statements(cx, self.jobs.as_ref(), "job").await?;
         let receipts: Vec<Signed<Receipt>> =
             statements(cx, self.receipts.as_ref(), "receipt").await?;
@@ -803,29 +800,6 @@ fn claims(miners: &Val) -> Result<Vec<integrity::Claim>, StageError> {
             })
         })
         .collect()
-}
-
-fn miner_records(miners: &Val) -> Result<impl Iterator<Item = &Val>, StageError> {
-    match miners {
-        Val::List(items) => Ok(items.iter()),
-        _ => Err(StageError::final_("`miners` is not a list of miners")),
-    }
-}
-
-fn uid_of(miner: &Val) -> Result<u16, StageError> {
-    match miner.field("uid") {
-        Some(Val::Int(uid)) => u16::try_from(*uid).ok(),
-        _ => None,
-    }
-    .ok_or_else(|| StageError::final_("a miner without a uid"))
-}
-
-/// A text field of a record; empty when absent.
-fn text_of(record: &Val, field: &str) -> String {
-    match record.field(field) {
-        Some(Val::Str(s)) => s.clone(),
-        _ => String::new(),
-    }
 }
 
 fn serde_mode(mode: Mode) -> &'static str {
