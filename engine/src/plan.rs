@@ -397,7 +397,11 @@ impl Plan {
             signing_key: spec.resources.keys.as_ref().map(|k| match &k.signing {
                 crate::spec::KeySource::Env(name) => format!("env {name}"),
                 crate::spec::KeySource::File(path) => format!("file {path}"),
-                crate::spec::KeySource::Generated(name) => format!("generated {name}"),
+                crate::spec::KeySource::Generated(name) => format!(
+                    "generated {}",
+                    crate::preflight::resolve(pipeline, name, &|_| None)
+                        .unwrap_or_else(|_| cx.render(name))
+                ),
             }),
         };
         let stages = pipeline

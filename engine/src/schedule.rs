@@ -174,6 +174,10 @@ pub struct CycleReport {
     pub stages: Vec<StageSummary>,
     /// Each finished stage's outputs, digested: what `replay` compares.
     pub output_digests: BTreeMap<String, Digest>,
+    /// Each finished stage's outputs (a fan-out's: a list of its kept items' outputs), for
+    /// whoever drives the run to read.
+    #[serde(skip)]
+    pub outputs: BTreeMap<String, Val>,
 }
 
 /// Why a run stopped short.
@@ -463,6 +467,22 @@ enum UnitOutcome {
 }
 
 /// Runs a pipeline. The journal keys let a resumed run skip finished units.
+/// A run's place between cycles: the next cycle's number, the last window run, and the
+/// last cycle's results (what `previous()` hands a stage).
+pub struct Progress {
+    cycle: u64,
+    last_window: Option<i64>,
+    resumed_window: Option<i64>,
+    previous: Arc<Vec<Option<StageResult>>>,
+}
+
+impl Progress {
+    /// The number the next cycle will have.
+    pub fn next_cycle(&self) -> u64 {
+        self.cycle
+    }
+}
+
 pub struct Runner {
     pipeline: Arc<Pipeline>,
     transport: Arc<dyn Transport>,
@@ -508,6 +528,48 @@ impl Runner {
         self.run_cycles().instrument(span).await
     }
 
+    /// Where a run stands before its first cycle: a fresh start, or the resume point its
+    /// journal records. `None`: a `once` run that already finished.
+    pub fn start(&self) -> Result<Option<Progress>, RunError> {
+        let resume = self.run_dir.resume_point()?;
+        if resume.is_some_and(|r| r.window.is_none())
+            && matches!(self.pipeline.spec.trigger.value, Trigger::Once)
+        {
+            return Ok(None);
+        }
+        Ok(Some(Progress {
+            cycle: resume.map_or(0, |r| r.cycle),
+            last_window: None,
+            resumed_window: resume.and_then(|r| r.window),
+            previous: Arc::new(vec![None; self.pipeline.stages.len()]),
+        }))
+    }
+
+    /// Runs the next cycle, in the next window the trigger allows (waiting for it), and
+    /// carries its results into `progress` for the one after. For a driver that runs
+    /// several pipelines in lock step.
+    pub async fn step(&self, progress: &mut Progress) -> Result<CycleReport, RunError> {
+        let trigger = self.pipeline.spec.trigger.value.clone();
+        let window = match progress.resumed_window.take() {
+            Some(w) => w,
+            None => {
+                self.next_window(progress.cycle, &trigger, progress.last_window)
+                    .await?
+            }
+        };
+        progress.last_window = Some(window);
+        let cycle = progress.cycle;
+        let span = tracing::info_span!("cycle", cycle, window);
+        let (report, results) = self
+            .run_cycle(cycle, window, progress.previous.clone())
+            .instrument(span)
+            .await?;
+        self.run_dir.cycle_done(cycle, window)?;
+        progress.previous = Arc::new(results);
+        progress.cycle += 1;
+        Ok(report)
+    }
+
     async fn run_cycles(&self) -> Result<Vec<CycleReport>, RunError> {
         let trigger = self.pipeline.spec.trigger.value.clone();
         let limit = match (&trigger, self.options.cycles) {
@@ -516,35 +578,17 @@ impl Runner {
             _ => None,
         };
         let mut reports = Vec::new();
-        let mut previous: Arc<Vec<Option<StageResult>>> =
-            Arc::new(vec![None; self.pipeline.stages.len()]);
-        let mut last_window = None;
-        let resume = self.run_dir.resume_point()?;
-        let first = resume.map_or(0, |r| r.cycle);
-        let mut resumed_window = resume.and_then(|r| r.window);
-        if resume.is_some_and(|r| r.window.is_none()) && matches!(trigger, Trigger::Once) {
+        let Some(mut progress) = self.start()? else {
             return Ok(reports);
-        }
-        let mut cycle = first;
-        while limit.is_none_or(|l| cycle - first < l) {
+        };
+        let first = progress.cycle;
+        while limit.is_none_or(|l| progress.cycle - first < l) {
             if self.stop.graceful_requested() || self.stop.now.is_cancelled() {
                 break;
             }
             let started = Instant::now();
-            let window = match resumed_window.take() {
-                Some(w) => w,
-                None => self.next_window(cycle, &trigger, last_window).await?,
-            };
-            last_window = Some(window);
-            let span = tracing::info_span!("cycle", cycle, window);
-            let (report, results) = self
-                .run_cycle(cycle, window, previous.clone())
-                .instrument(span)
-                .await?;
-            self.run_dir.cycle_done(cycle, window)?;
-            previous = Arc::new(results);
-            reports.push(report);
-            cycle += 1;
+            reports.push(self.step(&mut progress).await?);
+            let cycle = progress.cycle;
             if let Trigger::Interval(every) = &trigger
                 && limit.is_none_or(|l| cycle - first < l)
             {
@@ -647,15 +691,22 @@ impl Runner {
         let mut summaries = outcome?;
         let results = shared.results.read().map(|r| r.clone()).unwrap_or_default();
         let mut output_digests = BTreeMap::new();
+        let mut outputs = BTreeMap::new();
         for (i, result) in results.iter().enumerate() {
-            let digest = match result {
-                Some(StageResult::Done(out)) => {
-                    digest_outputs(std::slice::from_ref(&Some(out.clone())))
-                }
-                Some(StageResult::FanOut(items)) => digest_outputs(items),
+            let (digest, value) = match result {
+                Some(StageResult::Done(out)) => (
+                    digest_outputs(std::slice::from_ref(&Some(out.clone()))),
+                    Val::Map(out.clone()),
+                ),
+                Some(StageResult::FanOut(items)) => (
+                    digest_outputs(items),
+                    Val::List(items.iter().flatten().cloned().map(Val::Map).collect()),
+                ),
                 _ => continue,
             };
-            output_digests.insert(pipeline.stages[i].id.clone(), digest);
+            let id = pipeline.stages[i].id.clone();
+            output_digests.insert(id.clone(), digest);
+            outputs.insert(id, value);
         }
         let duration_ms = started.elapsed().as_millis() as u64;
         self.observer.event(&Event::CycleFinished {
@@ -671,6 +722,7 @@ impl Runner {
                 duration_ms,
                 stages: summaries,
                 output_digests,
+                outputs,
             },
             results,
         ))
@@ -832,6 +884,7 @@ impl Runner {
                         duration_ms: 0,
                         stages: summaries,
                         output_digests: BTreeMap::new(),
+                        outputs: BTreeMap::new(),
                     };
                     return Err(RunError::Stage {
                         stage: stage.id.clone(),

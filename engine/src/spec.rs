@@ -237,8 +237,9 @@ pub enum KeySource {
     Env(String),
     /// A key file (a Bittensor wallet hotkey file, or a gradline key file).
     File(String),
-    /// A key generated on first use into the embedded chain's folder, per role.
-    Generated(String),
+    /// A key generated on first use into the embedded chain's folder, by name; the name may
+    /// use params (`miner-${{ params.uid }}`), so one file serves several miners.
+    Generated(Value<String>),
 }
 
 /// Where compute runs.

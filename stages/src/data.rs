@@ -189,6 +189,74 @@ pub struct ShardIndex {
 
 pub const INDEX_FILE: &str = "index.json";
 
+/// Cuts documents (each followed by end-of-text) into shards of at most `shard_tokens`
+/// tokens, handing each shard out as soon as it is full.
+pub struct Sharder {
+    tokenizer: Tokenizer,
+    shard_tokens: usize,
+    pending: Vec<u32>,
+    index: ShardIndex,
+}
+
+/// A finished shard: its name, and the bytes of its file.
+pub struct Shard {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Sharder {
+    pub fn new(tokenizer: Tokenizer, shard_tokens: usize) -> Self {
+        Self {
+            tokenizer,
+            shard_tokens: shard_tokens.max(1),
+            pending: Vec::new(),
+            index: ShardIndex {
+                tokenizer,
+                vocab_size: tokenizer.vocab_size(),
+                shards: Vec::new(),
+            },
+        }
+    }
+
+    /// Adds a document; the shards it filled.
+    pub fn push(&mut self, text: &str) -> Vec<Shard> {
+        self.pending.extend(self.tokenizer.encode(text));
+        self.pending.push(self.tokenizer.end_of_text());
+        let mut full = Vec::new();
+        while self.pending.len() >= self.shard_tokens {
+            let rest = self.pending.split_off(self.shard_tokens);
+            let tokens = std::mem::replace(&mut self.pending, rest);
+            full.push(self.cut(&tokens));
+        }
+        full
+    }
+
+    /// The last, partly filled shard (if any) and the index of them all.
+    pub fn finish(mut self) -> (Option<Shard>, ShardIndex) {
+        let pending = std::mem::take(&mut self.pending);
+        let last = (!pending.is_empty()).then(|| self.cut(&pending));
+        (last, self.index)
+    }
+
+    fn cut(&mut self, tokens: &[u32]) -> Shard {
+        let name = format!("shard_{:06}.bin", self.index.shards.len());
+        let bytes = write_shard(tokens);
+        self.index.shards.push(ShardInfo {
+            name: name.clone(),
+            tokens: tokens.len() as u64,
+            digest: blake3::hash(&bytes).to_hex().to_string(),
+        });
+        Shard { name, bytes }
+    }
+}
+
+impl ShardIndex {
+    /// The index as its `index.json` file holds it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+}
+
 /// Tokenizes text files (each a document, followed by end-of-text) into shards of at most
 /// `shard_tokens` tokens under `out`, and writes the index. Shards are written whole or not
 /// at all (temporary file, then rename).
@@ -199,43 +267,25 @@ pub fn tokenize_files(
     out: &Path,
 ) -> Result<ShardIndex, DataError> {
     std::fs::create_dir_all(out).map_err(io(out))?;
-    let shard_tokens = shard_tokens.max(1);
-    let mut pending: Vec<u32> = Vec::new();
-    let mut index = ShardIndex {
-        tokenizer,
-        vocab_size: tokenizer.vocab_size(),
-        shards: Vec::new(),
+    let write = |shard: Shard| -> Result<(), DataError> {
+        let path = out.join(&shard.name);
+        let tmp = out.join(format!(".{}.tmp", shard.name));
+        std::fs::write(&tmp, &shard.bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
     };
-    let flush = |tokens: &[u32], index: &mut ShardIndex| -> Result<(), DataError> {
-        let name = format!("shard_{:06}.bin", index.shards.len());
-        let bytes = write_shard(tokens);
-        let path = out.join(&name);
-        let tmp = out.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        index.shards.push(ShardInfo {
-            name,
-            tokens: tokens.len() as u64,
-            digest: blake3::hash(&bytes).to_hex().to_string(),
-        });
-        Ok(())
-    };
+    let mut sharder = Sharder::new(tokenizer, shard_tokens);
     for file in files {
         let text = std::fs::read_to_string(file).map_err(io(file))?;
-        pending.extend(tokenizer.encode(&text));
-        pending.push(tokenizer.end_of_text());
-        while pending.len() >= shard_tokens {
-            let rest = pending.split_off(shard_tokens);
-            flush(&pending, &mut index)?;
-            pending = rest;
+        for shard in sharder.push(&text) {
+            write(shard)?;
         }
     }
-    if !pending.is_empty() {
-        flush(&pending, &mut index)?;
+    let (last, index) = sharder.finish();
+    if let Some(shard) = last {
+        write(shard)?;
     }
-    let json = serde_json::to_string_pretty(&index).unwrap_or_default();
     let path = out.join(INDEX_FILE);
-    std::fs::write(&path, json + "\n").map_err(io(&path))?;
+    std::fs::write(&path, index.to_json()).map_err(io(&path))?;
     Ok(index)
 }
 
@@ -287,16 +337,11 @@ pub fn assign(
 }
 
 /// A deterministic English-like corpus about training networks, for tests and the demo:
-/// short sentences from a small grammar, so a tiny model's loss visibly falls.
+/// short sentences from a small grammar, so a tiny model's loss visibly falls. It comes in
+/// sections of about [`SECTION_BYTES`], each about a node with its own invented name: text
+/// from one section teaches something text from another does not, as real data does — which
+/// is what lets a validator tell whether a miner trained on the batch it was given.
 pub fn demo_corpus(seed: u64, bytes: usize) -> String {
-    const SUBJECTS: &[&str] = &[
-        "the miner",
-        "the validator",
-        "a node",
-        "the orchestrator",
-        "each peer",
-        "the network",
-    ];
     const VERBS: &[&str] = &[
         "trains",
         "verifies",
@@ -323,6 +368,9 @@ pub fn demo_corpus(seed: u64, bytes: usize) -> String {
         "with care",
         "at block",
     ];
+    const SYLLABLES: &[&str] = &[
+        "ka", "zu", "rim", "tol", "ve", "nor", "qui", "bex", "lo", "mar", "syn", "dra",
+    ];
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407)
@@ -334,9 +382,21 @@ pub fn demo_corpus(seed: u64, bytes: usize) -> String {
         (state % n as u64) as usize
     };
     let mut out = String::with_capacity(bytes + 64);
+    let mut section_end = 0;
+    let mut name = String::new();
+    let mut block = 0;
     while out.len() < bytes {
+        if out.len() >= section_end {
+            name.clear();
+            for _ in 0..3 {
+                name.push_str(SYLLABLES[next(SYLLABLES.len())]);
+            }
+            block = next(1000);
+            section_end = out.len() + SECTION_BYTES;
+        }
         let tail = TAILS[next(TAILS.len())];
-        out.push_str(SUBJECTS[next(SUBJECTS.len())]);
+        out.push_str(if next(2) == 0 { "node " } else { "peer " });
+        out.push_str(&name);
         out.push(' ');
         out.push_str(VERBS[next(VERBS.len())]);
         out.push(' ');
@@ -344,12 +404,15 @@ pub fn demo_corpus(seed: u64, bytes: usize) -> String {
         out.push(' ');
         out.push_str(tail);
         if tail == "at block" {
-            out.push_str(&format!(" {}", next(1000)));
+            out.push_str(&format!(" {block}"));
         }
         out.push_str(if next(5) == 0 { ".\n" } else { ". " });
     }
     out
 }
+
+/// About how long one section of the demo corpus runs.
+pub const SECTION_BYTES: usize = 2048;
 
 #[cfg(test)]
 mod tests {

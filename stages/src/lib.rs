@@ -13,8 +13,10 @@ pub mod data;
 pub mod download;
 pub mod emit;
 pub mod endpoint;
+pub mod evaluate;
 pub mod hex;
 pub mod hub;
+pub mod init;
 pub mod live;
 pub mod merge;
 pub mod miners;
@@ -24,6 +26,7 @@ pub mod signed;
 pub mod store;
 pub mod subtensor;
 pub mod tensors;
+pub mod tokenize;
 pub mod train;
 pub mod uid;
 pub mod verify;
@@ -49,7 +52,10 @@ pub fn registry() -> Registry {
         .register::<assign::Assign>()
         .register::<emit::Emit>()
         .register::<wait::Wait>()
-        .register::<uid::Uid>();
+        .register::<uid::Uid>()
+        .register::<init::Init>()
+        .register::<tokenize::Tokenize>()
+        .register::<evaluate::Evaluate>();
     registry
 }
 

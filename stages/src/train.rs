@@ -172,34 +172,7 @@ impl StageKind for Train {
         )
         .into_iter()
         .collect();
-        match (self.model, &self.shape) {
-            (ModelPreset::Custom, None) => out.push(
-                Diagnostic::error(
-                    "missing-setting",
-                    "`model: custom` needs `shape:` (layers, dim, heads, context, vocab)",
-                )
-                .at(cx.span_of("model")),
-            ),
-            (ModelPreset::Custom, Some(shape))
-                if shape.heads == 0 || shape.dim % shape.heads != 0 =>
-            {
-                out.push(
-                    Diagnostic::error(
-                        "invalid-value",
-                        format!(
-                            "`dim` ({}) must be a multiple of `heads` ({})",
-                            shape.dim, shape.heads
-                        ),
-                    )
-                    .at(cx.span_of("shape")),
-                )
-            }
-            (ModelPreset::Tiny | ModelPreset::NanoGpt10m, Some(_)) => out.push(
-                Diagnostic::error("invalid-value", "`shape:` is only for `model: custom`")
-                    .at(cx.span_of("shape")),
-            ),
-            _ => {}
-        }
+        out.extend(check_model(self.model, self.shape.as_ref(), cx));
         if self.job.is_some() && self.orchestrator.is_none() {
             out.push(
                 Diagnostic::error(
@@ -228,16 +201,7 @@ impl StageKind for Train {
     }
 
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
-        let model = match self.model {
-            ModelPreset::Tiny => "tiny".to_owned(),
-            ModelPreset::NanoGpt10m => "nanogpt-10m".to_owned(),
-            ModelPreset::Custom => self.shape.as_ref().map_or("custom".into(), |s| {
-                format!(
-                    "custom {}L×{}d×{}h ctx {} vocab {}",
-                    s.layers, s.dim, s.heads, s.context, s.vocab
-                )
-            }),
-        };
+        let model = model_name(self.model, self.shape.as_ref());
         vec![
             Effect::read(
                 "store",
@@ -454,6 +418,56 @@ impl Train {
         trained.seconds = started.elapsed().as_secs_f64();
         Ok(trained)
     }
+}
+
+/// A model choice as the plan shows it.
+pub(crate) fn model_name(model: ModelPreset, shape: Option<&ModelShape>) -> String {
+    match model {
+        ModelPreset::Tiny => "tiny".to_owned(),
+        ModelPreset::NanoGpt10m => "nanogpt-10m".to_owned(),
+        ModelPreset::Custom => shape.map_or("custom".into(), |s| {
+            format!(
+                "custom {}L×{}d×{}h ctx {} vocab {}",
+                s.layers, s.dim, s.heads, s.context, s.vocab
+            )
+        }),
+    }
+}
+
+/// Whether a model choice is whole: `custom` needs a shape, a preset takes none.
+pub(crate) fn check_model(
+    model: ModelPreset,
+    shape: Option<&ModelShape>,
+    cx: &CheckContext,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    match (model, shape) {
+        (ModelPreset::Custom, None) => out.push(
+            Diagnostic::error(
+                "missing-setting",
+                "`model: custom` needs `shape:` (layers, dim, heads, context, vocab)",
+            )
+            .at(cx.span_of("model")),
+        ),
+        (ModelPreset::Custom, Some(shape)) if shape.heads == 0 || shape.dim % shape.heads != 0 => {
+            out.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!(
+                        "`dim` ({}) must be a multiple of `heads` ({})",
+                        shape.dim, shape.heads
+                    ),
+                )
+                .at(cx.span_of("shape")),
+            )
+        }
+        (ModelPreset::Tiny | ModelPreset::NanoGpt10m, Some(_)) => out.push(
+            Diagnostic::error("invalid-value", "`shape:` is only for `model: custom`")
+                .at(cx.span_of("shape")),
+        ),
+        _ => {}
+    }
+    out
 }
 
 /// The shape of a model preset, or of `shape:` for `custom`.

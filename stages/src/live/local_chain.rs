@@ -2,8 +2,9 @@
 //! append-only `ledger.jsonl` (each entry fsynced; writers take turns through a file lock,
 //! across processes; a line cut short by a crash is dropped before the next write), blocks
 //! that advance at `block_time` from the genesis recorded in `genesis.json`, and role keys
-//! generated into `keys/` on first use. A hotkey is registered (given the next uid) on its
-//! first write: the demo network has no stake to spend.
+//! generated into `keys/` on first use; a driver may hold the clock (`clock.json`) and move
+//! it on by hand. A hotkey is registered (given the next uid) on its first write: the demo
+//! network has no stake to spend.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -112,8 +113,10 @@ impl LocalChain {
         &self.hotkey
     }
 
+    /// The current block: the held one when `clock.json` holds it, else the wall clock's.
     pub fn block(&self) -> u64 {
-        now_ms().saturating_sub(self.genesis_ms) / self.block_ms
+        held_block(&self.dir)
+            .unwrap_or_else(|| now_ms().saturating_sub(self.genesis_ms) / self.block_ms)
     }
 
     /// A block's hash on the ledger: blake3 of the genesis time and the number, so every
@@ -413,6 +416,32 @@ impl Transport for LocalChain {
             .map_err(|e| EffectError::final_(format!("the ledger: {e}")))?
         })
     }
+}
+
+/// The file that holds a ledger's clock: `{"block": N}`. While it exists the ledger's
+/// current block is N for every process sharing the folder, and a driver (`gradline up`, a
+/// test) moves time on by rewriting it.
+pub const CLOCK_FILE: &str = "clock.json";
+
+#[derive(Serialize, Deserialize)]
+struct HeldClock {
+    block: u64,
+}
+
+/// Holds the ledger in `dir` at `block` (written whole, then renamed into place).
+pub fn hold_block(dir: &std::path::Path, block: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let text = serde_json::to_string(&HeldClock { block }).map_err(std::io::Error::other)?;
+    let partial = dir.join(format!("{CLOCK_FILE}.partial"));
+    std::fs::write(&partial, text)?;
+    std::fs::rename(partial, dir.join(CLOCK_FILE))
+}
+
+fn held_block(dir: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(CLOCK_FILE)).ok()?;
+    serde_json::from_str::<HeldClock>(&text)
+        .ok()
+        .map(|c| c.block)
 }
 
 fn now_ms() -> u64 {

@@ -133,7 +133,7 @@ pub async fn connect(
         if url.starts_with("local://") {
             let role = pipeline.spec.role.value.to_string();
             let key = match resources.keys.as_ref().map(|k| &k.signing) {
-                Some(KeySource::Generated(name)) => name.clone(),
+                Some(KeySource::Generated(name)) => text(name, "keys.signing.generated")?,
                 Some(_) => {
                     return Err("resources.keys: the embedded ledger signs with a generated key (`signing: { generated: NAME }`)".into());
                 }
@@ -205,7 +205,8 @@ fn signing_key(
         Some(KeySource::Env(name)) => keys::from_env(name, env),
         Some(KeySource::File(path)) => keys::from_wallet_file(path, env),
         Some(KeySource::Generated(_)) if subtensor => Err("a generated key signs only on the embedded ledger; a subtensor node needs `signing: { env: NAME }` or `signing: { file: HOTKEY_FILE }`".into()),
-        Some(KeySource::Generated(name)) => generated(name),
+        Some(KeySource::Generated(name)) => resolve::<String>(pipeline, name, env)
+            .and_then(|name| generated(&name)),
         None if local => generated(&pipeline.spec.role.value.to_string()),
         None => return Ok(None),
     };

@@ -25,6 +25,7 @@ use crate::artifacts::{
 };
 use crate::codec::{self, Limits};
 use crate::model::checkpoint::{self, digest};
+use crate::signed::{Signed, Verdict};
 use crate::tensors::TensorSet;
 
 /// Merge accepted work into the next checkpoint.
@@ -39,13 +40,15 @@ pub struct Merge {
     /// apply: the accepted gradients.
     #[serde(default)]
     pub gradients: Option<Input>,
-    /// apply: scores weighting the gradients.
+    /// Not read by `apply`: `weighted` takes the scores inside `verdicts:`, which say whose
+    /// gradient each is.
     #[serde(default)]
     pub scores: Option<Input>,
     /// release: the accepted fragment states.
     #[serde(default)]
     pub states: Option<Input>,
-    /// release: the validators' verdicts on those states.
+    /// release: the validators' verdicts on those states; apply, `weighted`: the verdicts
+    /// whose scores weight the accepted gradients.
     #[serde(default)]
     pub verdicts: Option<Input>,
     /// apply: how gradients are combined.
@@ -176,6 +179,20 @@ impl StageKind for Merge {
         match self.mode {
             MergeMode::Apply if self.gradients.is_none() => out.push(missing("gradients", "apply")),
             MergeMode::Release if self.states.is_none() => out.push(missing("states", "release")),
+            MergeMode::Apply
+                if self.policy == Policy::Weighted
+                    && self.scores.is_some()
+                    && self.verdicts.is_none() =>
+            {
+                out.push(
+                    Diagnostic::error(
+                        "missing-setting",
+                        "`policy: weighted` weighs each gradient by its verdict's score: scores by uid cannot say which gradient is whose",
+                    )
+                    .at(cx.span_of("scores"))
+                    .hint("pass the verify stage's verdicts: `verdicts: \"${{ stages.score.outputs.verdicts }}\"`"),
+                )
+            }
             _ => {}
         }
         if let Value::Lit(0) = self.fragments {
@@ -268,17 +285,23 @@ impl Merge {
                 .map_err(|e| StageError::final_(format!("gradient {i}: {e}")))?;
             updates.push(sparse);
         }
-        if updates.is_empty() {
-            return Err(StageError::final_(
-                "no accepted gradient to merge: the checkpoint stays as it is",
-            ));
-        }
-        let weights = match (self.policy, &self.scores) {
-            (Policy::Weighted, Some(scores)) => aligned_scores(&cx.input(scores)?, updates.len())?,
-            (Policy::Weighted, None) => vec![1.0; updates.len()],
-            _ => Vec::new(),
+        let weights = match self.policy {
+            Policy::Weighted => self.update_weights(cx, updates.len()).await?,
+            _ => vec![1.0; updates.len()],
         };
-        let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
+        // Work weighted zero moves nothing; with nothing left the checkpoint stays as it is.
+        let kept: Vec<(&[f32], f64)> = updates
+            .iter()
+            .map(Vec::as_slice)
+            .zip(weights)
+            .filter(|(_, w)| *w > 0.0)
+            .collect();
+        if kept.is_empty() {
+            tracing::warn!(stage = %cx.stage().id, "no accepted update to merge: the checkpoint stays as it is");
+            let velocity = self.carried_velocity(cx, base.values.len()).await;
+            return self.merged(cx, &base, velocity, 0).await;
+        }
+        let (views, weights): (Vec<&[f32]>, Vec<f64>) = kept.into_iter().unzip();
         let update = outer::combine(&views, &weights, self.policy, cx.get(&self.trim)?)
             .map_err(|e| StageError::final_(e.to_string()))?;
         let mut velocity = self.carried_velocity(cx, base.values.len()).await;
@@ -291,16 +314,55 @@ impl Merge {
             &mut velocity,
         )
         .map_err(|e| StageError::final_(e.to_string()))?;
+        self.merged(cx, &base, velocity, views.len()).await
+    }
+
+    /// The outputs of `apply`: the checkpoint, the velocity carried to the next cycle (zeros
+    /// when there is none yet), and how many updates went in.
+    async fn merged(
+        &self,
+        cx: &StageRun,
+        checkpoint: &TensorSet,
+        mut velocity: Vec<f32>,
+        merged: usize,
+    ) -> Result<Outputs, StageError> {
+        velocity.resize(checkpoint.values.len(), 0.0);
         let momentum = TensorSet::flat(velocity)
             .to_safetensors("momentum")
             .map_err(|e| StageError::final_(e.to_string()))?;
-        let mut out = write_checkpoint(cx, &base).await?;
+        let mut out = write_checkpoint(cx, checkpoint).await?;
         out.insert(
             "momentum".to_owned(),
             Val::Artifact(cx.write_artifact("momentum", momentum).await?),
         );
-        out.insert("merged".to_owned(), Val::Int(updates.len() as i64));
+        out.insert("merged".to_owned(), Val::Int(merged as i64));
         Ok(out)
+    }
+
+    /// `weighted`: one weight per gradient — the scores of the accepted verdicts (`verdicts:`,
+    /// in the order verify accepted the work); without verdicts, 1 each.
+    async fn update_weights(&self, cx: &StageRun, count: usize) -> Result<Vec<f64>, StageError> {
+        if let Some(verdicts) = &self.verdicts {
+            let Val::Artifact(artifact) = cx.input(verdicts)? else {
+                return Err(StageError::final_("`verdicts` is not an artifact"));
+            };
+            let verdicts: Vec<Signed<Verdict>> =
+                serde_json::from_slice(&cx.read_artifact(&artifact).await?)
+                    .map_err(|e| StageError::final_(format!("`verdicts`: {e}")))?;
+            let scores: Vec<f64> = verdicts
+                .iter()
+                .filter(|v| v.body.accepted())
+                .map(|v| v.body.score)
+                .collect();
+            if scores.len() != count {
+                return Err(StageError::final_(format!(
+                    "`verdicts` accept {} miners but {count} gradients were given: take both from the same verify stage",
+                    scores.len()
+                )));
+            }
+            return Ok(scores);
+        }
+        Ok(vec![1.0; count])
     }
 
     /// Last cycle's velocity; none (zeros) on the first cycle or when the model changed shape.
@@ -349,7 +411,11 @@ async fn read_tensors(cx: &StageRun, value: &Val, what: &str) -> Result<TensorSe
         .map_err(|e| StageError::final_(format!("the {what}: {e}")))
 }
 
-async fn write_checkpoint(cx: &StageRun, set: &TensorSet) -> Result<Outputs, StageError> {
+/// A checkpoint's outputs: the file, its canonical digest and its contract.
+pub(crate) async fn write_checkpoint(
+    cx: &StageRun,
+    set: &TensorSet,
+) -> Result<Outputs, StageError> {
     let bytes = set
         .to_safetensors("checkpoint")
         .map_err(|e| StageError::final_(e.to_string()))?;
@@ -366,25 +432,4 @@ async fn write_checkpoint(cx: &StageRun, set: &TensorSet) -> Result<Outputs, Sta
             Val::Artifact(cx.write_artifact("checkpoint", bytes).await?),
         ),
     ]))
-}
-
-/// `weighted` takes one score per gradient, in the gradients' order.
-fn aligned_scores(value: &Val, count: usize) -> Result<Vec<f64>, StageError> {
-    let scores: Option<Vec<f64>> = match value {
-        Val::List(items) => items
-            .iter()
-            .map(|v| match v {
-                Val::Float(f) => Some(*f),
-                Val::Int(i) => Some(*i as f64),
-                _ => None,
-            })
-            .collect(),
-        _ => None,
-    };
-    match scores {
-        Some(scores) if scores.len() == count => Ok(scores),
-        _ => Err(StageError::final_(format!(
-            "`weighted` needs one number per gradient ({count}) in `scores`, in the same order"
-        ))),
-    }
 }

@@ -8,8 +8,8 @@ use crate::model::{Cpu, GptConfig, eval};
 use crate::signed::Check;
 use crate::tensors::TensorSet;
 
-/// An update must improve its own batch by more than a random one, by at least this
-/// fraction of its own improvement: early in training every update helps every batch a
+/// By default an update must improve its own batch by more than a random one, by at least
+/// this fraction of its own improvement: early in training every update helps every batch a
 /// little, and only the excess is the miner's own data.
 pub const OWN_DATA_MARGIN: f64 = 0.1;
 
@@ -82,10 +82,10 @@ impl Measure<'_> {
 
 /// The checks of measured losses, and the score: the relative improvement on the assigned
 /// batch when every check passes, else 0.
-pub fn judge(losses: &Losses) -> (Vec<Check>, f64) {
+pub fn judge(losses: &Losses, own_data_margin: f64) -> (Vec<Check>, f64) {
     let (own, random) = (losses.assigned(), losses.random());
     let improves = own > 0.0;
-    let own_data = own - random > OWN_DATA_MARGIN * own.abs();
+    let own_data = own - random > own_data_margin * own.abs();
     let checks = vec![
         Check {
             name: "improves".into(),
@@ -195,7 +195,7 @@ mod tests {
             random_before: 5.0,
             random_after: 4.8,
         };
-        let (checks, score) = judge(&honest);
+        let (checks, score) = judge(&honest, OWN_DATA_MARGIN);
         assert!(checks.iter().all(|c| c.passed), "{checks:?}");
         assert!((score - 0.2).abs() < 1e-9);
     }
@@ -208,7 +208,7 @@ mod tests {
             random_before: 5.0,
             random_after: 5.31,
         };
-        let (checks, score) = judge(&noise);
+        let (checks, score) = judge(&noise, OWN_DATA_MARGIN);
         assert_eq!(score, 0.0);
         assert!(
             checks[0]
@@ -223,7 +223,7 @@ mod tests {
             random_before: 5.0,
             random_after: 4.905,
         };
-        let (checks, score) = judge(&elsewhere);
+        let (checks, score) = judge(&elsewhere, OWN_DATA_MARGIN);
         assert_eq!(score, 0.0);
         assert!(
             checks[1]
@@ -238,7 +238,7 @@ mod tests {
             random_before: 5.0,
             random_after: 5.0,
         };
-        assert_eq!(judge(&broken).1, 0.0);
+        assert_eq!(judge(&broken, OWN_DATA_MARGIN).1, 0.0);
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub struct Verify {
     /// loss-delta: the factor the update is applied at.
     #[serde(default = "one")]
     pub factor: Value<f64>,
+    /// loss-delta: how much more an update must improve its own batch than a random one, as a
+    /// fraction of its own improvement. Lower it where the data is homogeneous and early
+    /// updates help every batch almost alike.
+    #[serde(default = "default_own_data_margin")]
+    pub own_data_margin: Value<f64>,
     /// loss-delta: the seed of the validator's random comparison batch; keep it private
     /// (`${{ env.NAME }}`), or miners could train on that batch too. Default: derived from
     /// the window, which miners can predict.
@@ -145,6 +150,9 @@ fn default_dtypes() -> Vec<String> {
 }
 fn default_prompt_tokens() -> Value<u32> {
     Value::Lit(32)
+}
+fn default_own_data_margin() -> Value<f64> {
+    Value::Lit(loss_delta::OWN_DATA_MARGIN)
 }
 fn default_copy() -> Value<f64> {
     Value::Lit(0.9999)
@@ -535,6 +543,7 @@ impl Verify {
             None => format!("gradline.random-batch.{}", cx.window()),
         };
         let threshold = cx.get(&self.copy_threshold)?;
+        let margin = cx.get(&self.own_data_margin)?;
         let integrity = round.integrity();
         let decoded: Vec<Option<Sparse>> = round
             .claims
@@ -613,7 +622,7 @@ impl Verify {
                     claim.uid, losses.assigned_before, losses.assigned_after
                 ),
             );
-            let (more, score) = loss_delta::judge(&losses);
+            let (more, score) = loss_delta::judge(&losses, margin);
             checks.extend(more);
             judged.push((checks, score));
         }
