@@ -3,8 +3,10 @@
 mod display;
 mod inspect;
 mod register;
+mod report;
 mod run;
 mod serve;
+mod up;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gradline_engine::{Loaded, Override, Registry, load, schema};
@@ -71,6 +73,13 @@ enum Command {
         /// Override a parameter, with type checking (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<Override>,
+    },
+    /// Run a whole network in one process: every pipeline in DIR (setup, miners, validator),
+    /// each with its own keys and uid, on the embedded store, hub and ledger; a table per
+    /// cycle, and an HTML report at the end.
+    Up {
+        #[command(flatten)]
+        args: up::UpArgs,
     },
     /// Re-run a recorded run offline and check every output digest.
     Replay {
@@ -272,6 +281,7 @@ fn run(command: Command, registry: &Registry) -> Result<(), Failure> {
             let loaded = checked(load_file(&file, registry, &args.set)?)?;
             run::run(args, loaded).map_err(Failure::from)
         }
+        Command::Up { args } => up::up(args, registry).map_err(Failure::from),
         Command::Register { file, set } => {
             let loaded = checked(load_file(&file, registry, &set)?)?;
             register::register(loaded).map_err(Failure::Failed)
