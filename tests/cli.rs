@@ -78,7 +78,15 @@ fn plan_of_a_folder_plans_the_whole_network() {
         .iter()
         .map(|p| p["pipeline"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["local-miner", "local-validator"]);
+    assert_eq!(
+        names,
+        [
+            "local-copier",
+            "local-genesis",
+            "local-miner",
+            "local-validator"
+        ]
+    );
 }
 
 #[test]

@@ -337,11 +337,31 @@ pub fn assign(
 }
 
 /// A deterministic English-like corpus about training networks, for tests and the demo:
-/// short sentences from a small grammar, so a tiny model's loss visibly falls. It comes in
-/// sections of about [`SECTION_BYTES`], each about a node with its own invented name: text
-/// from one section teaches something text from another does not, as real data does — which
-/// is what lets a validator tell whether a miner trained on the batch it was given.
+/// short sentences from a small grammar, so a tiny model's loss visibly falls.
 pub fn demo_corpus(seed: u64, bytes: usize) -> String {
+    generate(seed, bytes, None)
+}
+
+/// The demo corpus in sections of about [`SECTION_BYTES`], each about a node with its own
+/// invented name: text from one section teaches something text from another does not, as
+/// real data does — which is what lets a validator tell whether a miner trained on the
+/// batch it was given. The demo network trains on this one.
+pub fn sectioned_corpus(seed: u64, bytes: usize) -> String {
+    generate(seed, bytes, Some(SECTION_BYTES))
+}
+
+/// About how long one section of [`sectioned_corpus`] runs.
+pub const SECTION_BYTES: usize = 2048;
+
+fn generate(seed: u64, bytes: usize, sections: Option<usize>) -> String {
+    const SUBJECTS: &[&str] = &[
+        "the miner",
+        "the validator",
+        "a node",
+        "the orchestrator",
+        "each peer",
+        "the network",
+    ];
     const VERBS: &[&str] = &[
         "trains",
         "verifies",
@@ -382,21 +402,26 @@ pub fn demo_corpus(seed: u64, bytes: usize) -> String {
         (state % n as u64) as usize
     };
     let mut out = String::with_capacity(bytes + 64);
-    let mut section_end = 0;
-    let mut name = String::new();
-    let mut block = 0;
+    let (mut section_end, mut name, mut block) = (0, String::new(), 0);
     while out.len() < bytes {
-        if out.len() >= section_end {
+        if let Some(length) = sections
+            && out.len() >= section_end
+        {
             name.clear();
             for _ in 0..3 {
                 name.push_str(SYLLABLES[next(SYLLABLES.len())]);
             }
             block = next(1000);
-            section_end = out.len() + SECTION_BYTES;
+            section_end = out.len() + length;
         }
         let tail = TAILS[next(TAILS.len())];
-        out.push_str(if next(2) == 0 { "node " } else { "peer " });
-        out.push_str(&name);
+        match sections {
+            None => out.push_str(SUBJECTS[next(SUBJECTS.len())]),
+            Some(_) => {
+                out.push_str(if next(2) == 0 { "node " } else { "peer " });
+                out.push_str(&name);
+            }
+        }
         out.push(' ');
         out.push_str(VERBS[next(VERBS.len())]);
         out.push(' ');
@@ -404,15 +429,16 @@ pub fn demo_corpus(seed: u64, bytes: usize) -> String {
         out.push(' ');
         out.push_str(tail);
         if tail == "at block" {
-            out.push_str(&format!(" {block}"));
+            let number = match sections {
+                None => next(1000),
+                Some(_) => block,
+            };
+            out.push_str(&format!(" {number}"));
         }
         out.push_str(if next(5) == 0 { ".\n" } else { ". " });
     }
     out
 }
-
-/// About how long one section of the demo corpus runs.
-pub const SECTION_BYTES: usize = 2048;
 
 #[cfg(test)]
 mod tests {
@@ -470,5 +496,15 @@ mod tests {
         assert_eq!(demo_corpus(1, 500), demo_corpus(1, 500));
         assert_ne!(demo_corpus(1, 500), demo_corpus(2, 500));
         assert!(demo_corpus(1, 500).len() >= 500);
+        let sectioned = sectioned_corpus(1, 3 * SECTION_BYTES);
+        assert_eq!(sectioned, sectioned_corpus(1, 3 * SECTION_BYTES));
+        let name = |at: usize| {
+            sectioned[at..]
+                .split_whitespace()
+                .skip_while(|w| *w != "node" && *w != "peer")
+                .nth(1)
+                .map(str::to_owned)
+        };
+        assert_ne!(name(0), name(2 * SECTION_BYTES + 10), "sections differ");
     }
 }

@@ -1,6 +1,6 @@
 //! `tokenize`: write a corpus into the store as token shards with an `index.json` — the data
-//! every miner's assigned batch is cut from. The corpus is the generated demo corpus (a
-//! seed and a size), so a network can be set up with nothing to download.
+//! every miner's assigned batch is cut from. The corpus is the generated demo corpus in
+//! sections (a seed and a size), so a network can be set up with nothing to download.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::BLOB;
-use crate::data::{INDEX_FILE, Sharder, Tokenizer, demo_corpus};
+use crate::data::{INDEX_FILE, Sharder, Tokenizer, sectioned_corpus};
 use crate::{require_resource, store};
 
 /// Tokenize a corpus into token shards in the store.
@@ -139,7 +139,7 @@ impl StageKind for Tokenize {
             let shard_tokens = cx.get(&self.shard_tokens)?.max(1) as usize;
             let tokenizer = Tokenizer::from(self.tokenizer);
             let (shards, index) = tokio::task::spawn_blocking(move || {
-                let corpus = demo_corpus(seed, bytes);
+                let corpus = sectioned_corpus(seed, bytes);
                 let mut sharder = Sharder::new(tokenizer, shard_tokens);
                 let mut shards = Vec::new();
                 for document in paragraphs(&corpus) {
