@@ -266,9 +266,9 @@ fn line_chart(title: &str, series: &[Series]) -> String {
     let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
     let mut svg = svg_open(title);
     if all.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">no data</text></svg>\n",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">no data</text></svg>",
             WIDTH / 2.0,
             HEIGHT / 2.0
         );
@@ -394,9 +394,9 @@ fn bar_chart(title: &str, bytes: &BTreeMap<&str, (u64, u64)>) -> String {
             ly + 9.0
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         svg,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"11\">{}</text></svg>\n",
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"11\">{}</text></svg>",
         LEFT - 6.0,
         TOP + 4.0,
         human_bytes(max as u64)

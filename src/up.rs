@@ -120,8 +120,8 @@ pub fn up(args: UpArgs, registry: &Registry) -> Result<(), RunFailure> {
     let outcome = runtime.block_on(drive(&mut nodes, &mut summary, args.cycles, blocks, &view));
     view.clear();
     let (html, json) = crate::report::write(&network, &summary)?;
-    println!("\nreport: {}", network.join(&html).display());
-    println!("summary: {}", network.join(&json).display());
+    println!("\nreport: {}", network.join(html).display());
+    println!("summary: {}", network.join(json).display());
     outcome.map_err(RunFailure::Failed)
 }
 
