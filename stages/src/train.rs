@@ -149,7 +149,6 @@ impl StageKind for Train {
                 "Loss on the batch after training.",
             ),
             Port::new("tokens", Type::Int, "Tokens trained on."),
-            Port::new("tokens_per_second", Type::Float, "Training throughput."),
             Port::new("receipt", RECEIPT, "A signed receipt of what was produced."),
         ];
         if self.job.is_some() {
@@ -412,10 +411,20 @@ impl Train {
                 format!("step {step}/{total_steps}, loss {loss:.3}"),
             );
         }
-        let mut trained = work
+        let trained = work
             .await
             .map_err(|e| StageError::final_(format!("training: {e}")))??;
-        trained.seconds = started.elapsed().as_secs_f64();
+        // Throughput is shown, not output: outputs are what a replay must reproduce exactly.
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        cx.progress(
+            total_steps as u64,
+            total_steps as u64,
+            format!(
+                "{} tokens in {seconds:.2}s ({:.0} tokens/s)",
+                trained.tokens,
+                trained.tokens as f64 / seconds
+            ),
+        );
         Ok(trained)
     }
 }
@@ -586,7 +595,6 @@ struct Trained {
     loss_before: f32,
     loss_after: f32,
     tokens: u64,
-    seconds: f64,
     /// θ_start − θ_end (the raw gradient after one step).
     gradient: TensorSet,
     /// With `only`: those tensors' values after training.
@@ -603,10 +611,6 @@ impl Trained {
             ),
             ("loss_after".to_owned(), Val::Float(self.loss_after as f64)),
             ("tokens".to_owned(), Val::Int(self.tokens as i64)),
-            (
-                "tokens_per_second".to_owned(),
-                Val::Float(self.tokens as f64 / self.seconds.max(1e-9)),
-            ),
         ])
     }
 }
@@ -680,7 +684,6 @@ fn train_on<B: burn::tensor::backend::AutodiffBackend>(
         loss_before: outcome.loss_before,
         loss_after: outcome.loss_after,
         tokens: outcome.tokens,
-        seconds: 0.0,
         gradient: outcome.gradient,
         state,
     })
