@@ -57,7 +57,8 @@ impl Display {
         }
     }
 
-    fn unit(stage: &str, item: Option<usize>) -> String {
+    /// A unit's name: the stage, with the item of a fan-out.
+    pub fn unit(stage: &str, item: Option<usize>) -> String {
         match item {
             Some(i) => format!("{stage}[{i}]"),
             None => stage.to_owned(),

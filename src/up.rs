@@ -747,11 +747,11 @@ impl Observer for NodeView {
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
                     bar.enable_steady_tick(Duration::from_millis(120));
-                    let unit = match item {
-                        Some(i) => format!("{stage}[{i}]"),
-                        None => stage.clone(),
-                    };
-                    bar.set_prefix(format!("{} · {unit}", self.label));
+                    bar.set_prefix(format!(
+                        "{} · {}",
+                        self.label,
+                        crate::display::Display::unit(stage, *item)
+                    ));
                     bar
                 });
             }
