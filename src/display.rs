@@ -268,7 +268,8 @@ pub fn summary_table(report: &CycleReport) -> String {
     out
 }
 
-fn human_bytes(n: u64) -> String {
+/// A byte count for people: B, KiB, MiB, GiB.
+pub fn human_bytes(n: u64) -> String {
     match n {
         0 => "0".into(),
         n if n < 1 << 10 => format!("{n} B"),

@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::display::human_bytes;
+
 /// A whole network run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -126,15 +128,6 @@ fn shorten(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    match n {
-        n if n < 1 << 10 => format!("{n} B"),
-        n if n < 1 << 20 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n if n < 1 << 30 => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
-        n => format!("{:.2} GiB", n as f64 / (1 << 30) as f64),
     }
 }
 

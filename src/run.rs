@@ -109,18 +109,7 @@ pub fn run(args: RunArgs, loaded: Loaded) -> Result<(), RunFailure> {
         cycles_run: Vec::new(),
     });
     let env = gradline_engine::preflight::process_env;
-    let not_ready = gradline_engine::preflight::check(&pipeline, &env);
-    if !not_ready.is_empty() {
-        let lines: Vec<String> = not_ready
-            .iter()
-            .map(|n| format!("  stage `{}`: {}", n.stage, n.message))
-            .collect();
-        return Err(RunFailure::Failed(anyhow::anyhow!(
-            "`{}` cannot start:\n{}",
-            pipeline.spec.name.value,
-            lines.join("\n")
-        )));
-    }
+    ready(&pipeline, &env)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -190,14 +179,45 @@ pub fn run(args: RunArgs, loaded: Loaded) -> Result<(), RunFailure> {
             }
             Ok(())
         }
-        Err(RunError::Stage {
+        Err(error) => {
+            if let RunError::Stage { report, .. } = &error {
+                eprint!("\n{}", summary_table(report));
+            }
+            Err(RunFailure::Failed(failure_message(error)))
+        }
+    }
+}
+
+/// Every stage's answer to whether it can start; an error listing those that cannot.
+pub fn ready(
+    pipeline: &gradline_engine::Pipeline,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let not_ready = gradline_engine::preflight::check(pipeline, env);
+    if not_ready.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = not_ready
+        .iter()
+        .map(|n| format!("  stage `{}`: {}", n.stage, n.message))
+        .collect();
+    anyhow::bail!(
+        "`{}` cannot start:\n{}",
+        pipeline.spec.name.value,
+        lines.join("\n")
+    )
+}
+
+/// Why a run stopped, for people: a failed stage with its attempt and every cause.
+pub fn failure_message(error: RunError) -> anyhow::Error {
+    match error {
+        RunError::Stage {
             stage,
             item,
             attempt,
             error,
-            report,
-        }) => {
-            eprint!("\n{}", summary_table(&report));
+            ..
+        } => {
             let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
             let mut message = format!(
                 "stage `{stage}`{item} failed on attempt {attempt}: {}",
@@ -206,9 +226,9 @@ pub fn run(args: RunArgs, loaded: Loaded) -> Result<(), RunFailure> {
             for cause in &error.causes {
                 message.push_str(&format!("\n  caused by: {cause}"));
             }
-            Err(RunFailure::Failed(anyhow::anyhow!(message)))
+            anyhow::anyhow!(message)
         }
-        Err(other) => Err(RunFailure::Failed(other.into())),
+        other => other.into(),
     }
 }
 

@@ -195,19 +195,7 @@ async fn drive(
 }
 
 fn failure(label: &str, error: RunError) -> anyhow::Error {
-    match error {
-        RunError::Stage {
-            stage, item, error, ..
-        } => {
-            let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
-            let mut message = format!("{label}: stage `{stage}`{item} failed: {}", error.message);
-            for cause in &error.causes {
-                message.push_str(&format!("\n  caused by: {cause}"));
-            }
-            anyhow!(message)
-        }
-        other => anyhow!("{label}: {other}"),
-    }
+    anyhow!("{label}: {:#}", crate::run::failure_message(error))
 }
 
 /// Registers the miners in uid order (the validator registered at setup, or registers
@@ -252,10 +240,8 @@ fn load_members(dir: &Path, registry: &Registry) -> Result<Vec<Member>, RunFailu
         if !loaded.diagnostics.is_empty() {
             eprintln!("{}", loaded.render());
         }
-        let Some(pipeline) = loaded
-            .pipeline
-            .filter(|_| !loaded.diagnostics.iter().any(|d| d.is_error()))
-        else {
+        let failed = loaded.has_errors();
+        let Some(pipeline) = loaded.pipeline.filter(|_| !failed) else {
             invalid = true;
             continue;
         };
@@ -359,7 +345,7 @@ fn network_folder(out: Option<&Path>) -> Result<PathBuf> {
 fn hold_ledgers(members: &[Member]) -> Result<Option<(Vec<PathBuf>, u64)>> {
     let env = gradline_engine::preflight::process_env;
     let mut ledgers = Vec::new();
-    let mut blocks = 10u64;
+    let mut blocks = gradline_engine::preflight::DEFAULT_WINDOW_BLOCKS;
     for member in members {
         let Some(chain) = &member.pipeline.spec.resources.chain else {
             continue;
@@ -374,9 +360,10 @@ fn hold_ledgers(members: &[Member]) -> Result<Option<(Vec<PathBuf>, u64)>> {
             );
         };
         if member.part == Part::Judge
-            && let Some(gradline_engine::value::Value::Lit(n)) = &chain.window_blocks
+            && let Some(n) = gradline_engine::preflight::window_blocks(&member.pipeline, &env)
+                .map_err(|e| anyhow!("{}: {e}", member.file.display()))?
         {
-            blocks = u64::from(*n).max(1);
+            blocks = n;
         }
         let dir = PathBuf::from(dir);
         if !ledgers.contains(&dir) {
@@ -415,10 +402,7 @@ async fn start_node(
             .ok_or_else(|| anyhow!("{name} did not load"))?,
     );
     let env = gradline_engine::preflight::process_env;
-    let not_ready = gradline_engine::preflight::check(&pipeline, &env);
-    if let Some(first) = not_ready.first() {
-        bail!("stage `{}`: {}", first.stage, first.message);
-    }
+    crate::run::ready(&pipeline, &env)?;
     let live = live::connect(&pipeline, &env, &live::LiveOptions::from_env(&env))
         .await
         .map_err(|e| anyhow!("{e}"))?;

@@ -64,6 +64,26 @@ pub fn check(pipeline: &Pipeline, env: &dyn Fn(&str) -> Option<String>) -> Vec<N
         .collect()
 }
 
+/// Blocks per window of the pipeline's chain: `resources.chain.window_blocks` with params
+/// filled in, [`DEFAULT_WINDOW_BLOCKS`] when unset; `None` without a chain.
+pub fn window_blocks(
+    pipeline: &Pipeline,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<u64>, String> {
+    let Some(chain) = &pipeline.spec.resources.chain else {
+        return Ok(None);
+    };
+    match &chain.window_blocks {
+        Some(value) => resolve::<u32>(pipeline, value, env)
+            .map(|n| Some(u64::from(n).max(1)))
+            .map_err(|e| format!("resources.chain.window_blocks: {e}")),
+        None => Ok(Some(DEFAULT_WINDOW_BLOCKS)),
+    }
+}
+
+/// Blocks per window when a pipeline's chain does not say.
+pub const DEFAULT_WINDOW_BLOCKS: u64 = 10;
+
 /// The process environment.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()

@@ -624,11 +624,10 @@ impl Runner {
     }
 
     async fn current_window(&self, effects: &Effects) -> Result<(i64, Duration), RunError> {
-        if let Some(chain) = &self.pipeline.spec.resources.chain {
-            let blocks = match &chain.window_blocks {
-                Some(Value::Lit(n)) => i64::from(*n),
-                _ => 10,
-            };
+        if let Some(blocks) =
+            crate::preflight::window_blocks(&self.pipeline, &|_| None).map_err(RunError::Window)?
+        {
+            let blocks = blocks as i64;
             let response = effects
                 .call(Request::new("chain", "block", Json::Null))
                 .await

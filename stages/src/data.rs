@@ -113,10 +113,13 @@ pub fn read_shard(bytes: &[u8]) -> Result<Vec<u32>, DataError> {
 }
 
 /// How text becomes tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Tokenizer {
     /// One token per byte, and an end-of-text token (vocabulary 257): the `tiny` model's.
+    #[default]
     Bytes,
     /// OpenAI's cl100k_base (vocabulary 100,277): `nanogpt-10m`'s. The ranks ship in the binary.
     Cl100k,

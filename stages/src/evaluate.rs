@@ -20,7 +20,7 @@ use crate::model::{Cpu, eval};
 use crate::require_resource;
 use crate::tensors::TensorSet;
 use crate::train::{
-    ModelPreset, ModelShape, assigned_tokens, check_model, model_config, model_name,
+    ModelPreset, ModelShape, assigned_in, check_model, model_config, model_name, shard_index,
 };
 
 /// Measure a checkpoint's loss on held-out token shards.
@@ -124,10 +124,10 @@ impl StageKind for Evaluate {
             let batches = cx.get(&self.batches)?.max(1);
             let batch = cx.get(&self.batch)?.max(1) as usize;
             let span = (batch * config.context + 1) as u64;
+            let index = shard_index(cx, &data, config.vocab).await?;
             let mut windows = Vec::new();
             for b in 0..batches {
-                let drawn =
-                    assigned_tokens(cx, &data, config.vocab, &seed, i64::from(b), 0, span).await?;
+                let drawn = assigned_in(cx, &data, &index, &seed, i64::from(b), 0, span).await?;
                 windows.push(drawn.tokens);
             }
             let Val::Artifact(checkpoint) = cx.input(&self.checkpoint)? else {

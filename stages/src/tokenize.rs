@@ -14,7 +14,7 @@ use gradline_engine::schedule::StageRun;
 use gradline_engine::types::Type;
 use gradline_engine::value::Value;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::artifacts::BLOB;
 use crate::data::{INDEX_FILE, Sharder, Tokenizer, sectioned_corpus};
@@ -29,7 +29,7 @@ pub struct Tokenize {
     pub to: Value<String>,
     /// `bytes` (the tiny model's vocabulary) or `cl100k` (nanogpt-10m's).
     #[serde(default)]
-    pub tokenizer: TokenizerName,
+    pub tokenizer: Tokenizer,
     /// About how many bytes of the demo corpus.
     #[serde(default = "default_bytes")]
     pub bytes: Value<u64>,
@@ -39,25 +39,6 @@ pub struct Tokenize {
     /// Tokens per shard.
     #[serde(default = "default_shard_tokens")]
     pub shard_tokens: Value<u64>,
-}
-
-/// A tokenizer, as a setting.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema)]
-pub enum TokenizerName {
-    #[default]
-    #[serde(rename = "bytes")]
-    Bytes,
-    #[serde(rename = "cl100k")]
-    Cl100k,
-}
-
-impl From<TokenizerName> for Tokenizer {
-    fn from(name: TokenizerName) -> Self {
-        match name {
-            TokenizerName::Bytes => Tokenizer::Bytes,
-            TokenizerName::Cl100k => Tokenizer::Cl100k,
-        }
-    }
 }
 
 fn default_to() -> Value<String> {
@@ -113,7 +94,7 @@ impl StageKind for Tokenize {
     }
 
     fn effects(&self, cx: &PlanContext) -> Vec<Effect> {
-        let tokenizer = Tokenizer::from(self.tokenizer);
+        let tokenizer = self.tokenizer;
         vec![
             Effect::compute(
                 None,
@@ -137,7 +118,7 @@ impl StageKind for Tokenize {
             let to = to.trim_end_matches('/');
             let (seed, bytes) = (cx.get(&self.seed)?, cx.get(&self.bytes)? as usize);
             let shard_tokens = cx.get(&self.shard_tokens)?.max(1) as usize;
-            let tokenizer = Tokenizer::from(self.tokenizer);
+            let tokenizer = self.tokenizer;
             let (shards, index) = tokio::task::spawn_blocking(move || {
                 let corpus = sectioned_corpus(seed, bytes);
                 let mut sharder = Sharder::new(tokenizer, shard_tokens);

@@ -518,11 +518,24 @@ pub(crate) async fn assigned_tokens(
     span: u64,
 ) -> Result<Assigned, StageError> {
     let index = shard_index(cx, data, vocab).await?;
+    assigned_in(cx, data, &index, seed, uid, window, span).await
+}
+
+/// Like [`assigned_tokens`], with the shard index already read.
+pub(crate) async fn assigned_in(
+    cx: &StageRun,
+    data: &str,
+    index: &ShardIndex,
+    seed: &str,
+    uid: i64,
+    window: i64,
+    span: u64,
+) -> Result<Assigned, StageError> {
     let counts: Vec<u64> = index.shards.iter().map(|s| s.tokens).collect();
     let at =
         assign(seed, uid, window, &counts, span).map_err(|e| StageError::final_(e.to_string()))?;
     let shard = &index.shards[at.shard].name;
-    shard_tokens(cx, data, &index, shard, at.offset, span).await
+    shard_tokens(cx, data, index, shard, at.offset, span).await
 }
 
 /// The shard index under `data` in the store.

@@ -491,7 +491,7 @@ impl Verify {
             Some(chain) => {
                 let blocks = match &chain.window_blocks {
                     Some(blocks) => i64::from(cx.get(blocks)?),
-                    None => 10,
+                    None => gradline_engine::preflight::DEFAULT_WINDOW_BLOCKS as i64,
                 };
                 Some((cx.window(), blocks.max(1)))
             }
