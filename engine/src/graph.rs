@@ -792,15 +792,15 @@ impl Checker<'_> {
                 Some(p.ty.clone())
             }
             "cycle" => {
-                need(self, 1, "`window` or `index`", head)?;
+                need(self, 1, "`window`, `previous_window` or `index`", head)?;
                 too_long(self, 2)?;
                 match path[1].name.as_str() {
-                    "window" | "index" => Some(Type::Int),
+                    "window" | "previous_window" | "index" => Some(Type::Int),
                     other => {
                         self.diags.push(
                             Diagnostic::error("bad-reference", format!("`cycle` has no `{other}`"))
                                 .at(path[1].span)
-                                .hint_opt(suggestion(other, &["window", "index"])),
+                                .hint_opt(suggestion(other, &["window", "previous_window", "index"])),
                         );
                         None
                     }

@@ -404,6 +404,7 @@ impl Scope for RunScope<'_> {
                 .unwrap_or_else(unknown),
             Some("cycle") => match name(1) {
                 Some("window") => Val::Int(self.shared.window),
+                Some("previous_window") => Val::Int(self.shared.window - 1),
                 Some("index") => Val::Int(self.shared.cycle as i64),
                 _ => unknown(),
             },

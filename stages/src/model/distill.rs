@@ -19,6 +19,19 @@ pub struct Teacher<B: Backend> {
     vocab: usize,
 }
 
+/// A GPT-2-architecture `config.json` for a model of this shape (what
+/// [`config_from_json`] reads back).
+pub fn config_to_json(config: GptConfig) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "gpt2",
+        "vocab_size": config.vocab,
+        "n_positions": config.context,
+        "n_layer": config.layers,
+        "n_head": config.heads,
+        "n_embd": config.dim,
+    })
+}
+
 /// The shape of a GPT-2-architecture model from its `config.json`.
 pub fn config_from_json(config: &serde_json::Value) -> Result<GptConfig, String> {
     if let Some(kind) = config["model_type"].as_str()
