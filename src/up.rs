@@ -1,8 +1,8 @@
 //! `gradline up DIR`: a whole network in one process. Every pipeline in DIR is an ordinary
 //! run with its own keys and uid, on the embedded store, hub and ledger inside a fresh
 //! network folder. The ledger's clock is held and moved on one window per cycle: setup
-//! pipelines (`trigger: once`) run first, then each cycle the miners, one after another in
-//! uid order, then the validator (and any other role). A table per cycle shows what each
+//! pipelines (`trigger: once`) run first, then each cycle the orchestrator (if any), the
+//! miners one after another in uid order, then the validator (and any other role). A table per cycle shows what each
 //! miner did and earned; at the end a report (HTML with SVG plots, and JSON) is written into
 //! the network folder.
 
@@ -55,8 +55,10 @@ pub struct UpArgs {
 enum Part {
     /// `trigger: once`: runs before the first cycle.
     Setup,
+    /// Orchestrators: hand out the cycle's work before the miners run.
+    Lead,
     Miner,
-    /// Validators, orchestrators, publishers: run after the miners each cycle.
+    /// Validators and any other role: run after the miners each cycle.
     Judge,
 }
 
@@ -161,7 +163,7 @@ async fn drive(
         hold(window)?;
         let cycle_started = Instant::now();
         let mut reports: Vec<(usize, Result<CycleReport, String>)> = Vec::new();
-        for part in [Part::Miner, Part::Judge] {
+        for part in [Part::Lead, Part::Miner, Part::Judge] {
             for (i, node) in nodes.iter_mut().enumerate().filter(|(_, n)| n.part == part) {
                 let outcome = node.runner.step(&mut node.progress).await;
                 match outcome {
@@ -198,12 +200,10 @@ fn failure(label: &str, error: RunError) -> anyhow::Error {
     anyhow!("{label}: {:#}", crate::run::failure_message(error))
 }
 
-/// Registers the miners in uid order (the validator registered at setup, or registers
-/// first here), and checks each got the uid it was given.
+/// Registers every role in uid order — orchestrator, validator, miners (a role whose setup
+/// already committed is registered by then) — and checks each got the uid it was given.
 async fn register(nodes: &[Node]) -> Result<()> {
-    let mut order: Vec<&Node> = nodes.iter().filter(|n| n.part == Part::Judge).collect();
-    order.extend(nodes.iter().filter(|n| n.part == Part::Miner));
-    for node in order {
+    for node in nodes.iter().filter(|n| n.part != Part::Setup) {
         let Some(netuid) = node.netuid else {
             continue;
         };
@@ -248,6 +248,7 @@ fn load_members(dir: &Path, registry: &Registry) -> Result<Vec<Member>, RunFailu
         let part = match (&pipeline.spec.trigger.value, pipeline.spec.role.value) {
             (Trigger::Once, _) => Part::Setup,
             (_, Role::Miner) => Part::Miner,
+            (_, Role::Orchestrator) => Part::Lead,
             _ => Part::Judge,
         };
         members.push(Member {
@@ -260,7 +261,10 @@ fn load_members(dir: &Path, registry: &Registry) -> Result<Vec<Member>, RunFailu
     if invalid {
         return Err(RunFailure::Invalid);
     }
-    if !members.iter().any(|m| m.part == Part::Judge) {
+    if !members
+        .iter()
+        .any(|m| matches!(m.part, Part::Lead | Part::Judge))
+    {
         return Err(RunFailure::Failed(anyhow!(
             "{} holds no validator (a pipeline with a role other than miner, not `trigger: once`)",
             dir.display()
@@ -269,20 +273,28 @@ fn load_members(dir: &Path, registry: &Registry) -> Result<Vec<Member>, RunFailu
     Ok(members)
 }
 
-/// Who runs, under which label and uid: setup and judges first (the validator takes uid 0),
-/// then the honest miners (`miner.yaml`, or the first miner pipeline) from uid 1, then
-/// every other miner pipeline once.
+/// Who runs, under which label and uid: setup first, then the orchestrator and the
+/// validator (each role on a chain takes the next uid, from 0), then the honest miners
+/// (`miner.yaml`, or the first miner pipeline), then every other miner pipeline once.
 fn roster(members: &[Member], miners: usize) -> Result<Vec<(String, Option<i64>, &Member)>> {
     let miner_files: Vec<&Member> = members.iter().filter(|m| m.part == Part::Miner).collect();
     let honest = miner_files
         .iter()
         .position(|m| m.file.file_stem().is_some_and(|s| s == "miner"))
         .unwrap_or(0);
-    let mut out: Vec<(String, Option<i64>, &Member)> = members
-        .iter()
-        .filter(|m| m.part != Part::Miner)
-        .map(|m| (m.pipeline.spec.name.value.clone(), None, m))
-        .collect();
+    let mut uid = 0i64;
+    let mut out: Vec<(String, Option<i64>, &Member)> = Vec::new();
+    for part in [Part::Setup, Part::Lead, Part::Judge] {
+        for member in members.iter().filter(|m| m.part == part) {
+            let on_chain = part != Part::Setup && member.pipeline.spec.resources.chain.is_some();
+            out.push((
+                member.pipeline.spec.name.value.clone(),
+                on_chain.then_some(uid),
+                member,
+            ));
+            uid += i64::from(on_chain);
+        }
+    }
     if miner_files.is_empty() {
         return Ok(out);
     }
@@ -302,7 +314,6 @@ fn roster(members: &[Member], miners: usize) -> Result<Vec<(String, Option<i64>,
             others.len() + 1
         );
     }
-    let mut uid = 1i64;
     for _ in 0..miners - others.len() {
         out.push((format!("miner {uid}"), Some(uid), miner_files[honest]));
         uid += 1;
@@ -359,7 +370,7 @@ fn hold_ledgers(members: &[Member]) -> Result<Option<(Vec<PathBuf>, u64)>> {
                 member.file.display()
             );
         };
-        if member.part == Part::Judge
+        if matches!(member.part, Part::Lead | Part::Judge)
             && let Some(n) = gradline_engine::preflight::window_blocks(&member.pipeline, &env)
                 .map_err(|e| anyhow!("{}: {e}", member.file.display()))?
         {
@@ -380,7 +391,7 @@ async fn start_node(
     registry: &Registry,
     view: Arc<View>,
 ) -> Result<Node> {
-    let overrides: Vec<Override> = match uid {
+    let overrides: Vec<Override> = match uid.filter(|_| member.part == Part::Miner) {
         Some(uid) if member.pipeline.param("uid").is_some() => vec![Override {
             name: "uid".into(),
             value: uid.to_string(),
@@ -457,15 +468,21 @@ async fn start_node(
 }
 
 fn print_roster(nodes: &[Node]) {
-    println!("{:16} {:>4}  {:20} run folder", "role", "uid", "pipeline");
+    let role = nodes
+        .iter()
+        .map(|n| n.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let pipeline = nodes.iter().map(|n| n.pipeline.len()).max().unwrap_or(0);
+    println!(
+        "{:role$} {:>4}  {:pipeline$}  run folder",
+        "role", "uid", "pipeline"
+    );
     for node in nodes {
-        let uid = match (node.uid, node.part) {
-            (Some(uid), _) => uid.to_string(),
-            (None, Part::Judge) => "0".into(),
-            (None, _) => "-".into(),
-        };
+        let uid = node.uid.map_or_else(|| "-".into(), |uid| uid.to_string());
         println!(
-            "{:16} {:>4}  {:20} {}",
+            "{:role$} {:>4}  {:pipeline$}  {}",
             node.label,
             uid,
             node.pipeline,

@@ -800,7 +800,10 @@ impl Checker<'_> {
                         self.diags.push(
                             Diagnostic::error("bad-reference", format!("`cycle` has no `{other}`"))
                                 .at(path[1].span)
-                                .hint_opt(suggestion(other, &["window", "previous_window", "index"])),
+                                .hint_opt(suggestion(
+                                    other,
+                                    &["window", "previous_window", "index"],
+                                )),
                         );
                         None
                     }

@@ -134,6 +134,10 @@ pub struct Verdict {
     pub miner_uid: u16,
     pub checks: Vec<Check>,
     pub score: f64,
+    /// The digest of the work judged (a gradient, a fragment state), when there was one: what
+    /// an orchestrator releasing accepted work matches its downloads against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<String>,
 }
 
 impl Verdict {
@@ -434,6 +438,7 @@ mod tests {
                     miner_uid: 2,
                     checks: Vec::new(),
                     score,
+                    work: None,
                 },
                 &validator,
             );
@@ -463,6 +468,7 @@ mod tests {
                     },
                 ],
                 score: 0.0,
+                work: None,
             },
             &validator,
         );

@@ -371,7 +371,8 @@ fn neurons_of(entries: &[Entry], netuid: u16) -> Vec<Neuron> {
         .iter()
         .filter(|e| e.netuid == netuid)
         .filter_map(|e| match &e.kind {
-            EntryKind::Register { role } => Some((e.hotkey.clone(), role == "validator")),
+            // The subnet's own roles (validator, orchestrator) hold a permit; miners do not.
+            EntryKind::Register { role } => Some((e.hotkey.clone(), role != "miner")),
             _ => None,
         })
         .enumerate()

@@ -44,10 +44,11 @@ pub struct Merge {
     /// gradient each is.
     #[serde(default)]
     pub scores: Option<Input>,
-    /// release: the accepted fragment states.
+    /// release: the fragment states downloaded.
     #[serde(default)]
     pub states: Option<Input>,
-    /// release: the validators' verdicts on those states; apply, `weighted`: the verdicts
+    /// release: the validators' verdicts on those states — only states an accepted verdict
+    /// names are released; apply, `weighted`: the verdicts
     /// whose scores weight the accepted gradients.
     #[serde(default)]
     pub verdicts: Option<Input>,
@@ -389,9 +390,19 @@ impl Merge {
             .states
             .as_ref()
             .ok_or_else(|| StageError::final_("`states:` is missing"))?;
+        let accepted = match &self.verdicts {
+            Some(verdicts) => Some(accepted_work(cx, verdicts).await?),
+            None => None,
+        };
         let mut states = Vec::new();
         let given = cx.input(input)?;
         for state in given.artifacts() {
+            if let Some(accepted) = &accepted
+                && !accepted.contains(&state.digest)
+            {
+                tracing::info!(stage = %cx.stage().id, state = %state.digest, "a fragment state no verdict accepted is left out");
+                continue;
+            }
             states.push(
                 TensorSet::from_safetensors(&cx.read_artifact(state).await?)
                     .map_err(|e| StageError::final_(format!("a fragment state: {e}")))?,
@@ -401,6 +412,24 @@ impl Merge {
             fragments::release(base, &states).map_err(|e| StageError::final_(e.to_string()))?;
         write_checkpoint(cx, &released).await
     }
+}
+
+/// The digests of the work the verdicts accepted.
+async fn accepted_work(
+    cx: &StageRun,
+    verdicts: &Input,
+) -> Result<std::collections::BTreeSet<String>, StageError> {
+    let Val::Artifact(artifact) = cx.input(verdicts)? else {
+        return Err(StageError::final_("`verdicts` is not an artifact"));
+    };
+    let verdicts: Vec<Signed<Verdict>> =
+        serde_json::from_slice(&cx.read_artifact(&artifact).await?)
+            .map_err(|e| StageError::final_(format!("`verdicts`: {e}")))?;
+    Ok(verdicts
+        .into_iter()
+        .filter(|v| v.body.accepted())
+        .filter_map(|v| v.body.work)
+        .collect())
 }
 
 async fn read_tensors(cx: &StageRun, value: &Val, what: &str) -> Result<TensorSet, StageError> {

@@ -767,6 +767,10 @@ async fn emit(cx: &StageRun, judged: Vec<Judged>) -> Result<Outputs, StageError>
             miner_uid: uid,
             checks,
             score,
+            work: match &work {
+                Some(Val::Artifact(artifact)) => Some(artifact.digest.clone()),
+                _ => None,
+            },
         };
         if verdict.accepted()
             && let Some(work) = work
