@@ -232,17 +232,39 @@ fn the_committed_tape_still_replays() {
     );
 }
 
-/// One recorded cycle of each role of the demo network (genesis, a miner, the validator)
-/// replays offline with every stage output digest identical: training, compression,
-/// scoring and merging are deterministic, and every outside call comes from the tape.
+/// One recorded cycle of each role of every system under `pipelines/` (recorded by
+/// `fixtures/tapes/record.sh`) replays offline with every stage output digest identical:
+/// training, compression, scoring, merging and releasing are deterministic, and every outside
+/// call — store, hub, ledger, signing — comes from the tape.
 #[test]
-fn the_recorded_network_cycles_replay_exactly() {
+fn every_systems_recorded_cycle_replays_exactly() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (tape, outputs) in [
-        ("fixtures/tapes/local-genesis", 5),
-        ("fixtures/tapes/local-miner", 6),
-        ("fixtures/tapes/local-validator", 10),
-    ] {
+    let tapes = [
+        ("local-genesis", 5),
+        ("local-miner", 6),
+        ("local-validator", 10),
+        ("hf-transport-validator", 4),
+        ("hf-transport-miner", 5),
+        ("window-loop-miner", 5),
+        ("window-loop-validator", 9),
+        ("fragments-orchestrator", 5),
+        ("fragments-miner", 6),
+        ("fragments-validator", 8),
+        ("distillation-validator", 4),
+        ("publishing", 1),
+    ];
+    let recorded = std::fs::read_dir(root.join("fixtures/tapes"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(
+        recorded,
+        tapes.len() + 1,
+        "every tape is replayed (and `hello`)"
+    );
+    for (tape, outputs) in tapes {
+        let tape = format!("fixtures/tapes/{tape}");
+        let tape = tape.as_str();
         let out = gradline(root, &["replay", tape, "--log-format", "text"]);
         assert!(out.status.success(), "{tape}: {}", text(&out.stderr));
         assert!(
