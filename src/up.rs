@@ -261,6 +261,12 @@ fn load_members(dir: &Path, registry: &Registry) -> Result<Vec<Member>, RunFailu
     if invalid {
         return Err(RunFailure::Invalid);
     }
+    if !members.iter().any(|m| m.part == Part::Miner) {
+        return Err(RunFailure::Failed(anyhow!(
+            "{} holds no miner that runs each window: `gradline up` runs training networks; run these pipelines one by one with `gradline run`",
+            dir.display()
+        )));
+    }
     if !members
         .iter()
         .any(|m| matches!(m.part, Part::Lead | Part::Judge))

@@ -122,6 +122,18 @@ fn up_refuses_a_folder_that_already_holds_a_network() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("too few"));
+    let contest = repo().join("pipelines/distillation");
+    let output = Command::new(env!("CARGO_BIN_EXE_gradline"))
+        .args(["up", contest.to_str().unwrap(), "--out", "contest"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("holds no miner that runs each window"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
