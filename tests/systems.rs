@@ -3,6 +3,8 @@
 //! single-shot systems (publishing, the distillation contest) and the hub fallback with one
 //! `gradline run` per role.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -43,19 +45,7 @@ fn held_at(name: &str, block: u64) -> PathBuf {
 }
 
 fn gradline(dir: &Path, args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_gradline"))
-        .args(args)
-        .args(["--log-format", "text"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "gradline {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    common::gradline_ok(dir, &[args, &["--log-format", "text"]].concat())
 }
 
 /// `gradline up pipelines/SYSTEM` for some cycles; the network folder.

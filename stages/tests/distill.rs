@@ -18,6 +18,7 @@ use gradline_stages::hub::{CommitArgs, FileEntry};
 use gradline_stages::live::local_chain::LocalChain;
 use gradline_stages::live::local_hub::LocalHub;
 use gradline_stages::live::{LiveOptions, connect};
+use gradline_stages::model::distill::config_to_json;
 use gradline_stages::model::train::parameters;
 use gradline_stages::model::{Cpu, Gpt, GptConfig};
 use gradline_stages::signed::{Signed, Verdict};
@@ -54,14 +55,7 @@ stages:
 ";
 
 fn config_json(config: GptConfig, quantized: bool) -> Vec<u8> {
-    let mut json = serde_json::json!({
-        "model_type": "gpt2",
-        "vocab_size": config.vocab,
-        "n_positions": config.context,
-        "n_layer": config.layers,
-        "n_head": config.heads,
-        "n_embd": config.dim,
-    });
+    let mut json = config_to_json(config);
     if quantized {
         json["quantization_config"] = serde_json::json!({ "quant_method": "gptq", "bits": 4 });
     }

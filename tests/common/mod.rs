@@ -5,6 +5,22 @@ use std::path::{Path, PathBuf};
 
 use gradline_engine::{Loaded, Override, load};
 
+/// Runs the `gradline` binary in `dir`, failing the test (with its output) unless it succeeds.
+pub fn gradline_ok(dir: &Path, args: &[&str]) -> std::process::Output {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gradline"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "gradline {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
