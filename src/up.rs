@@ -2,9 +2,9 @@
 //! run with its own keys and uid, on the embedded store, hub and ledger inside a fresh
 //! network folder. The ledger's clock is held and moved on one window per cycle: setup
 //! pipelines (`trigger: once`) run first, then each cycle the orchestrator (if any), the
-//! miners one after another in uid order, then the validator (and any other role). A table per cycle shows what each
-//! miner did and earned; at the end a report (HTML with SVG plots, and JSON) is written into
-//! the network folder.
+//! miners one after another in uid order, then the validator (and any other role). A table
+//! per cycle shows what each miner did and earned; at the end a report (HTML with SVG plots,
+//! and JSON) is written into the network folder.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

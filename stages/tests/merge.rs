@@ -1,7 +1,7 @@
 //! `verify` and `merge` in a pipeline: gradients decoded, combined and applied with the outer
 //! optimizer (its momentum carried to the next cycle), exact on known inputs; a checkpoint
 //! split into fragments and released from fragment states to the digest of the trained
-//! model; integrity verdicts that accept the honest miner and say why each other one fails,
+//! model, or from only the states a verdict accepted; integrity verdicts that accept the honest miner and say why each other one fails,
 //! and a merge of only the accepted work.
 
 mod common;
@@ -59,6 +59,7 @@ impl StageKind for Upstream {
             Port::new("checkpoint", Type::Named("checkpoint"), ""),
             Port::new("gradients", Type::list(Type::Named("compressed")), ""),
             Port::new("states", Type::list(Type::Named("fragment-state")), ""),
+            Port::new("verdicts", Type::Named("verdicts"), ""),
         ]
     }
     fn effects(&self, _: &PlanContext) -> Vec<Effect> {
@@ -75,11 +76,30 @@ impl StageKind for Upstream {
             let trained = named(&TRAINED);
             let fragments = fragments::split_tensors(&trained.layout.tensors, 2).unwrap();
             let mut states = Vec::new();
-            for f in &fragments {
+            let mut verdicts = Vec::new();
+            let validator =
+                Keypair::from_uri(&SecretUri::from_str("//Validator").unwrap()).unwrap();
+            for (i, f) in fragments.iter().enumerate() {
                 let state = fragments::extract(&trained, f).unwrap();
                 let bytes = state.to_safetensors("fragment-state").unwrap();
-                states.push(Val::Artifact(cx.write_artifact("states", bytes).await?));
+                let artifact = cx.write_artifact("states", bytes).await?;
+                // The validators accept the first fragment's state and refuse the second.
+                let check = gradline_stages::signed::Check {
+                    name: "state".into(),
+                    passed: i == 0,
+                    reason: (i != 0).then(|| "altered after signing".into()),
+                };
+                let verdict = Verdict {
+                    window: 0,
+                    miner_uid: i as u16 + 1,
+                    checks: vec![check],
+                    score: 1.0,
+                    work: Some(artifact.digest.clone()),
+                };
+                verdicts.push(Signed::sign(verdict, &validator));
+                states.push(Val::Artifact(artifact));
             }
+            let verdicts = serde_json::to_vec(&verdicts).unwrap();
             Ok(BTreeMap::from([
                 (
                     "checkpoint".to_owned(),
@@ -87,6 +107,10 @@ impl StageKind for Upstream {
                 ),
                 ("gradients".to_owned(), Val::List(gradients)),
                 ("states".to_owned(), Val::List(states)),
+                (
+                    "verdicts".to_owned(),
+                    Val::Artifact(cx.write_artifact("verdicts", verdicts).await?),
+                ),
             ]))
         })
     }
@@ -110,6 +134,9 @@ stages:
   release:
     uses: merge
     with: { mode: release, checkpoint: \"${{ stages.up.outputs.checkpoint }}\", states: \"${{ stages.up.outputs.states }}\" }
+  accepted:
+    uses: merge
+    with: { mode: release, checkpoint: \"${{ stages.up.outputs.checkpoint }}\", states: \"${{ stages.up.outputs.states }}\", verdicts: \"${{ stages.up.outputs.verdicts }}\" }
 ";
 
 fn values(run: &common::TestRun, out: &Val) -> Vec<f32> {
@@ -176,6 +203,11 @@ async fn merge_applies_splits_and_releases_exactly() {
         of("release", 0)["digest"],
         Val::Str(digest(&named(&TRAINED))),
         "released from the fragment states, it is the trained model"
+    );
+    assert_eq!(
+        values(&run, &of("accepted", 0)["checkpoint"]),
+        [TRAINED[0], TRAINED[1], BASE[2], BASE[3]],
+        "only the state a verdict accepted is released; the refused fragment keeps the base"
     );
 }
 

@@ -6,7 +6,7 @@
 pub mod fragments;
 pub mod outer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
 use gradline_engine::Diagnostic;
@@ -47,9 +47,9 @@ pub struct Merge {
     /// release: the fragment states downloaded.
     #[serde(default)]
     pub states: Option<Input>,
-    /// release: the validators' verdicts on those states — only states an accepted verdict
-    /// names are released; apply, `weighted`: the verdicts
-    /// whose scores weight the accepted gradients.
+    /// release: the validators' verdicts on those states (only states an accepted verdict
+    /// names are released); apply, `weighted`: the verdicts whose scores weight the accepted
+    /// gradients.
     #[serde(default)]
     pub verdicts: Option<Input>,
     /// apply: how gradients are combined.
@@ -344,16 +344,10 @@ impl Merge {
     /// in the order verify accepted the work); without verdicts, 1 each.
     async fn update_weights(&self, cx: &StageRun, count: usize) -> Result<Vec<f64>, StageError> {
         if let Some(verdicts) = &self.verdicts {
-            let Val::Artifact(artifact) = cx.input(verdicts)? else {
-                return Err(StageError::final_("`verdicts` is not an artifact"));
-            };
-            let verdicts: Vec<Signed<Verdict>> =
-                serde_json::from_slice(&cx.read_artifact(&artifact).await?)
-                    .map_err(|e| StageError::final_(format!("`verdicts`: {e}")))?;
-            let scores: Vec<f64> = verdicts
+            let scores: Vec<f64> = accepted_verdicts(cx, verdicts)
+                .await?
                 .iter()
-                .filter(|v| v.body.accepted())
-                .map(|v| v.body.score)
+                .map(|v| v.score)
                 .collect();
             if scores.len() != count {
                 return Err(StageError::final_(format!(
@@ -390,8 +384,14 @@ impl Merge {
             .states
             .as_ref()
             .ok_or_else(|| StageError::final_("`states:` is missing"))?;
-        let accepted = match &self.verdicts {
-            Some(verdicts) => Some(accepted_work(cx, verdicts).await?),
+        let accepted: Option<BTreeSet<String>> = match &self.verdicts {
+            Some(verdicts) => Some(
+                accepted_verdicts(cx, verdicts)
+                    .await?
+                    .into_iter()
+                    .filter_map(|v| v.work)
+                    .collect(),
+            ),
             None => None,
         };
         let mut states = Vec::new();
@@ -414,11 +414,8 @@ impl Merge {
     }
 }
 
-/// The digests of the work the verdicts accepted.
-async fn accepted_work(
-    cx: &StageRun,
-    verdicts: &Input,
-) -> Result<std::collections::BTreeSet<String>, StageError> {
+/// The verdicts that accepted the work they judged, in the order they were given.
+async fn accepted_verdicts(cx: &StageRun, verdicts: &Input) -> Result<Vec<Verdict>, StageError> {
     let Val::Artifact(artifact) = cx.input(verdicts)? else {
         return Err(StageError::final_("`verdicts` is not an artifact"));
     };
@@ -427,8 +424,8 @@ async fn accepted_work(
             .map_err(|e| StageError::final_(format!("`verdicts`: {e}")))?;
     Ok(verdicts
         .into_iter()
-        .filter(|v| v.body.accepted())
-        .filter_map(|v| v.body.work)
+        .map(|v| v.body)
+        .filter(Verdict::accepted)
         .collect())
 }
 
