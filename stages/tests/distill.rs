@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
@@ -17,7 +16,6 @@ use gradline_stages::chain::Commitment;
 use gradline_stages::hub::{CommitArgs, FileEntry};
 use gradline_stages::live::local_chain::LocalChain;
 use gradline_stages::live::local_hub::LocalHub;
-use gradline_stages::live::{LiveOptions, connect};
 use gradline_stages::model::distill::config_to_json;
 use gradline_stages::model::train::parameters;
 use gradline_stages::model::{Cpu, Gpt, GptConfig};
@@ -225,18 +223,12 @@ async fn prechecks_refuse_cheats_and_the_closest_student_takes_the_crown() {
         .replace("ROOT", &contest.root.display().to_string())
         .replace("MAX_PARAMS", &budget.to_string());
     let registry = gradline_stages::registry();
-    let pipeline = gradline_engine::load("contest.yaml", &text, &registry, &[])
-        .pipeline
-        .unwrap();
-    let env = |_: &str| None;
-    let live = connect(&pipeline, &env, &LiveOptions::from_env(&env))
-        .await
-        .unwrap();
+    let live = common::live_for("contest.yaml", &text, &registry).await;
     let run = common::run_pipeline(
         "distill",
         &text,
         &registry,
-        Arc::new(live),
+        live,
         2,
         Duration::from_millis(10),
     )

@@ -7,13 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use gradline_engine::effects::{CallScope, Request, Transport};
 use gradline_engine::expr::Val;
 use gradline_stages::live::local_chain::LocalChain;
-use gradline_stages::live::{LiveOptions, connect};
 use gradline_stages::model::{Cpu, GptConfig, checkpoint};
 use gradline_stages::signed::{Job, Receipt, Signed, Verdict};
 use gradline_stages::tensors::TensorSet;
@@ -171,18 +169,12 @@ impl Network {
     ) {
         let text = self.text(template, key, uid);
         let registry = gradline_stages::registry();
-        let pipeline = gradline_engine::load("role.yaml", &text, &registry, &[])
-            .pipeline
-            .unwrap();
-        let env = |_: &str| None;
-        let live = connect(&pipeline, &env, &LiveOptions::from_env(&env))
-            .await
-            .unwrap();
+        let live = common::live_for("role.yaml", &text, &registry).await;
         common::try_run_pipeline(
             &format!("{}-{key}", self.tag),
             &text,
             &registry,
-            Arc::new(live),
+            live,
             1,
             Duration::from_secs(3600),
         )

@@ -63,6 +63,20 @@ impl Transport for FixtureStore {
     }
 }
 
+/// The live resources a pipeline text names (its store, hub, ledger, keys), with no
+/// environment variables set.
+#[allow(dead_code)]
+pub async fn live_for(name: &str, text: &str, registry: &Registry) -> Arc<dyn Transport> {
+    let pipeline = load(name, text, registry, &[]).pipeline.unwrap();
+    let env = |_: &str| None;
+    let options = gradline_stages::live::LiveOptions::from_env(&env);
+    Arc::new(
+        gradline_stages::live::connect(&pipeline, &env, &options)
+            .await
+            .unwrap(),
+    )
+}
+
 /// Copies the repository's token shards into `store/data/shards` under `root`, as a
 /// `file://` store serves them.
 #[allow(dead_code)]
